@@ -10,6 +10,6 @@ include: "rules/curation.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.curation_summary.output,
-    default_target: True

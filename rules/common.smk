@@ -52,12 +52,18 @@ def all_shards():
 
 def curated(kind):
     """Paths of one kind of per-shard curation output for every shard."""
-    return [f"results/curation/curated/{src}/{shard}.{kind}" for src, shard in all_shards()]
+    return [
+        f"results/curation/curated/{src}/{shard}.{kind}" for src, shard in all_shards()
+    ]
 
 
 def model_dir(name_or_path):
     """Local directory for a model/tokenizer: the path itself, or where download_model puts a hub id."""
-    return name_or_path if hub.is_local(name_or_path) else hub.local_dir("resources/hub", name_or_path)
+    return (
+        name_or_path
+        if hub.is_local(name_or_path)
+        else hub.local_dir("resources/hub", name_or_path)
+    )
 
 
 BASE_MODEL_DIR = model_dir(config["model"]["base"])

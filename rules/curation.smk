@@ -5,12 +5,14 @@ rule download_model:
     """Fetch a hub model/tokenizer once (login node; HF_TOKEN from the environment)."""
     output:
         directory("resources/hub/{repo}"),
-    params:
-        repo_id=lambda wc: hub.repo_id_from_dirname(wc.repo),
-        revision=config["model"].get("revision", "main"),
     log:
         "logs/download_model/{repo}.log",
     localrule: True
+    conda:
+        "../envs/curation.yaml"
+    params:
+        repo_id=lambda wc: hub.repo_id_from_dirname(wc.repo),
+        revision=config["model"].get("revision", "main"),
     script:
         "../scripts/download_model.py"
 
@@ -22,13 +24,15 @@ rule split_shard:
     output:
         shard="results/curation/shards/{source}/{shard}.jsonl",
         info="results/curation/shards/{source}/{shard}.json",
-    params:
-        shard_bytes=SHARD_BYTES,
     log:
         "logs/split_shard/{source}/{shard}.log",
+    conda:
+        "../envs/curation.yaml"
     resources:
         mem_mb=1024,
         runtime=60,
+    params:
+        shard_bytes=SHARD_BYTES,
     script:
         "../scripts/split_shard.py"
 
@@ -44,16 +48,18 @@ rule curate_shard:
         dropped="results/curation/curated/{source}/{shard}.dropped.jsonl",
         rejects="results/curation/curated/{source}/{shard}.rejects.jsonl",
         stats="results/curation/curated/{source}/{shard}.stats.json",
-    params:
-        settings=curation_settings(),
-    threads: config["curation"].get("threads", 1)
-    resources:
-        mem_mb=lambda wc, threads: 4096 + 2048 * threads,
-        runtime=240,
     log:
         "logs/curate_shard/{source}/{shard}.log",
     benchmark:
         "benchmarks/curate_shard/{source}/{shard}.tsv"
+    conda:
+        "../envs/curation.yaml"
+    threads: config["curation"].get("threads", 1)
+    resources:
+        mem_mb=lambda wc, threads: 4096 + 2048 * threads,
+        runtime=240,
+    params:
+        settings=curation_settings(),
     script:
         "../scripts/curate_shard.py"
 
@@ -67,5 +73,7 @@ rule curation_summary:
         funnel="results/curation/funnel.csv",
     log:
         "logs/curation_summary.log",
+    conda:
+        "../envs/curation.yaml"
     script:
         "../scripts/curation_summary.py"

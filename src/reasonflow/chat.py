@@ -60,6 +60,21 @@ def token_lengths(tokenizer, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+def max_token_bytes(tokenizer) -> int | None:
+    """Most UTF-8 bytes any single token (special tokens included) stands for, or ``None``
+    when the tokenizer normalizes text (then byte length gives no bound on token count)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is not None:
+        return None
+    vocab = backend.get_vocab(with_added_tokens=True)
+    return max(len(tokenizer.convert_tokens_to_string([t]).encode("utf-8")) for t in vocab)
+
+
+def token_lower_bound(text: str, max_bytes: int) -> int:
+    """Every token covers at most ``max_bytes`` bytes, so a text needs at least this many tokens."""
+    return -(-len(text.encode("utf-8")) // max_bytes)
+
+
 def reference_token_counts(tokenizer, system_prompt: str, messages: list[dict], answer: str) -> tuple[int, int]:
     """The reference tutorial's counts: the templated conversation tokenized *with* special
     tokens (BOS twice), and the answer templated alone (which adds a system header)."""

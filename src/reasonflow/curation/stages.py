@@ -224,29 +224,48 @@ class TokenLimitsFilterStage(_FilterStage):
 
     def setup(self, worker_metadata=None) -> None:
         self.tokenizer = chat.load_tokenizer(self.tokenizer_name)
+        self.max_token_bytes = chat.max_token_bytes(self.tokenizer) if self.mode == "exact" else None
+
+    def _certainly_too_long(self, prompt: str, completion: str) -> tuple[int, int] | None:
+        """Lower bounds from byte length when they already break a limit (exact, no tokenizing)."""
+        if not self.max_token_bytes:
+            return None
+        c = chat.token_lower_bound(completion, self.max_token_bytes)
+        t = chat.token_lower_bound(prompt, self.max_token_bytes) + c
+        return (t, c) if t > self.max_tokens or c > self.max_completion_tokens else None
 
     def annotate(self, df: pd.DataFrame) -> pd.DataFrame:
         df = df.copy()
+        n = len(df)
+        total, completion, bound = [0] * n, [0] * n, [False] * n
         if self.mode == "exact":
-            n = len(df)
-            lengths = chat.token_lengths(self.tokenizer, [*df["_prompt"], *df["_completion"]])
-            completion = lengths[n:]
-            total = [a + b for a, b in zip(lengths[:n], completion, strict=True)]
+            todo = []
+            for i, (p, c) in enumerate(zip(df["_prompt"], df["_completion"], strict=True)):
+                lb = self._certainly_too_long(p, c)
+                if lb is None:
+                    todo.append(i)
+                else:
+                    total[i], completion[i], bound[i] = lb[0], lb[1], True
+            lengths = chat.token_lengths(
+                self.tokenizer, [df["_prompt"].iat[i] for i in todo] + [df["_completion"].iat[i] for i in todo]
+            )
+            for k, i in enumerate(todo):
+                completion[i] = lengths[len(todo) + k]
+                total[i] = lengths[k] + completion[i]
         else:
-            counts = [
-                chat.reference_token_counts(self.tokenizer, s, m, o)
-                for s, m, o in zip(df["system_prompt"], df["input"], df["output"], strict=True)
-            ]
-            total, completion = [t for t, _ in counts], [c for _, c in counts]
+            for i, (s, m, o) in enumerate(zip(df["system_prompt"], df["input"], df["output"], strict=True)):
+                total[i], completion[i] = chat.reference_token_counts(self.tokenizer, s, m, o)
         df["token_count"] = pd.Series(total, index=df.index, dtype="int64")
         df["completion_token_count"] = pd.Series(completion, index=df.index, dtype="int64")
+        df["_count_is_bound"] = bound
         return df
 
     def reasons(self, df):
-        return [
-            F.token_limits_reason(t, c, self.max_tokens, self.max_completion_tokens)
-            for t, c in zip(df["token_count"], df["completion_token_count"], strict=True)
-        ]
+        out = []
+        for t, c, b in zip(df["token_count"], df["completion_token_count"], df["_count_is_bound"], strict=True):
+            reason = F.token_limits_reason(t, c, self.max_tokens, self.max_completion_tokens)
+            out.append(f"{reason} (lower bound from byte length)" if reason and b else reason)
+        return out
 
 
 class FormatStage(ProcessingStage[DocumentBatch, DocumentBatch]):

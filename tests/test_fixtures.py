@@ -1,0 +1,257 @@
+"""Tests of the offline fixture builder (``python -m reasonflow.fixtures``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from reasonflow.fixtures import build_all  # noqa: E402
+from reasonflow.fixtures.shards import ALL_FILES, SKIPPED_FILES, is_selected  # noqa: E402
+
+SEED = 1234
+EXPECTED = (
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+    "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+    "S<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+ALL_FATES = [
+    "kept", "nano", "empty_think", "boxed", "think_tags", "language", "token_limits", "not_selected",
+    "rejected:blank_line", "rejected:invalid_utf8", "rejected:bad_json", "rejected:not_object",
+    "rejected:missing_field", "rejected:wrong_type", "rejected:bad_messages",
+]
+FIELD_ORDER = ["input", "output", "category", "license", "reasoning", "system_prompt", "generator",
+               "used_in_training", "version"]
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    a = tmp_path_factory.mktemp("fixtures_a")
+    b = tmp_path_factory.mktemp("fixtures_b")
+    summary = build_all(a, seed=SEED)
+    build_all(b, seed=SEED)
+    return a, b, summary
+
+
+@pytest.fixture(scope="module")
+def demo(builds) -> Path:
+    return builds[0]
+
+
+@pytest.fixture(scope="module")
+def tok(demo):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(demo / "tokenizer")
+
+
+@pytest.fixture(scope="module")
+def fates(demo) -> list[dict]:
+    return [json.loads(line) for line in (demo / "expected_fates.jsonl").read_text("utf-8").splitlines()]
+
+
+def physical_lines(path: Path) -> list[tuple[int, bytes]]:
+    """(offset, bytes without newline) for every physical line of a ``\\n``-terminated file."""
+    data = path.read_bytes()
+    assert data.endswith(b"\n")
+    out, off = [], 0
+    for chunk in data[:-1].split(b"\n"):
+        out.append((off, chunk))
+        off += len(chunk) + 1
+    return out
+
+
+# --------------------------------------------------------------------------- determinism
+
+def test_two_builds_byte_identical(builds):
+    a, b, _ = builds
+    ma = (a / "MANIFEST.json").read_bytes()
+    assert ma == (b / "MANIFEST.json").read_bytes()
+    manifest = json.loads(ma)
+    assert manifest["seed"] == SEED
+    assert list(manifest["files"]) == sorted(manifest["files"])
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((a / rel).read_bytes()).hexdigest() == digest, rel
+    built = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file() and p.name != "MANIFEST.json")
+    assert built == sorted(manifest["files"])
+    for rel in ALL_FILES:
+        assert f"raw/{rel}" in manifest["files"]
+
+
+def test_summary(builds):
+    s = builds[2]
+    assert s["seed"] == SEED
+    assert 0.55 <= s["kept_fraction_of_selected"] <= 0.70
+    assert set(s["files"]) == set(ALL_FILES)
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+def test_tokenizer_basics(tok):
+    assert 4000 <= len(tok) <= 4096
+    bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
+    assert tok.bos_token == "<|begin_of_text|>"
+    assert tok.eos_token == "<|eot_id|>"
+    assert tok.pad_token == "<|finetune_right_pad_id|>"
+    assert tok.model_max_length == 131072
+    ids = tok("hi")["input_ids"]
+    assert ids[0] == bos and ids.count(bos) == 1
+    assert bos not in tok("hi", add_special_tokens=False)["input_ids"]
+    for t in ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+              "<|eot_id|>", "<|eom_id|>", "<|python_tag|>", "<|finetune_right_pad_id|>"]:
+        assert tok(t, add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids(t)]
+
+
+def test_tokenizer_round_trips_unicode(tok):
+    for s in ["plain English text.", "Grüße aus Köln — “quotes” … 🙂🚀", "你好，世界。Merhaba dünya!",
+              "\x00\x07\t\r\n \u2028\u00a0 \U0010FFFF \U0001F9D1\u200d\U0001F52C", "  leading and trailing  ",
+              "\\boxed{42} <think>\n\n</think>\n\n", "🤖" * 50, "١٢٣ ௧௨௩ ½ Ⅻ"]:
+        ids = tok(s, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == s
+
+
+def test_chat_template_exact(tok):
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == EXPECTED
+    # no system message -> empty system block; date_string override; content is trimmed
+    got = tok.apply_chat_template([{"role": "user", "content": "  U \n"}], tokenize=False,
+                                  date_string="01 Jan 2025")
+    assert got == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                   "Cutting Knowledge Date: December 2023\nToday Date: 01 Jan 2025\n\n<|eot_id|>"
+                   "<|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|>")
+    three = tok.apply_chat_template(msgs + [{"role": "assistant", "content": "A"}], tokenize=False)
+    assert three == EXPECTED + "A<|eot_id|>"
+
+
+def test_prompt_completion_tokenization_is_additive(demo, tok, fates):
+    data = {rel: (demo / "raw" / rel).read_bytes() for rel in ALL_FILES}
+    prompts, completions = [], []
+    for r in fates:
+        if r["fate"] != "kept":
+            continue
+        buf = data[r["file"]]
+        rec = json.loads(buf[r["offset"]:buf.index(b"\n", r["offset"])])
+        conv = [{"role": "system", "content": rec["system_prompt"]}, *rec["input"]]
+        prompt = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(conv + [{"role": "assistant", "content": rec["output"]}], tokenize=False)
+        assert full.startswith(prompt)
+        prompts.append(prompt)
+        completions.append(full[len(prompt):])
+    assert len(prompts) > 2000
+    p = tok(prompts, add_special_tokens=False)["input_ids"]
+    c = tok(completions, add_special_tokens=False)["input_ids"]
+    pc = tok([a + b for a, b in zip(prompts, completions)], add_special_tokens=False)["input_ids"]
+    bad = [i for i in range(len(p)) if p[i] + c[i] != pc[i]]
+    assert not bad, f"{len(bad)} kept rows tokenize differently when split, e.g. {prompts[bad[0]][-60:]!r}"
+
+
+# --------------------------------------------------------------------------- model
+
+def test_model_loads_and_runs(demo):
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(demo / "model")
+    tok = AutoTokenizer.from_pretrained(demo / "model")  # self-contained repo
+    cfg = model.config
+    assert cfg.vocab_size == len(tok)
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (64, 128, 2)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (4, 2)
+    assert cfg.max_position_embeddings == 8192 and cfg.rms_norm_eps == 1e-5
+    assert not cfg.tie_word_embeddings
+    assert cfg.bos_token_id == tok.bos_token_id
+    assert cfg.eos_token_id == tok.convert_tokens_to_ids("<|eot_id|>")
+    assert cfg.pad_token_id == tok.pad_token_id
+    assert model.dtype == torch.float32
+    raw_cfg = json.loads((demo / "model" / "config.json").read_text())
+    assert raw_cfg["rope_theta"] == 500000.0
+    assert (demo / "model" / "model.safetensors").exists()
+    gen = GenerationConfig.from_pretrained(demo / "model")
+    assert gen.eos_token_id == tok.convert_tokens_to_ids("<|eot_id|>")
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tok))
+    assert torch.isfinite(logits).all()
+
+
+# --------------------------------------------------------------------------- shards & fates
+
+def test_every_fate_occurs(fates):
+    counts = Counter(r["fate"] for r in fates)
+    for f in ALL_FATES:
+        assert counts[f] > 0, f
+    assert set(counts) <= set(ALL_FATES)
+    for rel in ALL_FILES:
+        if is_selected(rel):
+            per_file = Counter(r["fate"] for r in fates if r["file"] == rel)
+            assert per_file["kept"] and per_file["language"] and per_file["token_limits"], rel
+
+
+def test_expected_fates_match_physical_lines(demo, fates):
+    assert [(r["file"], r["offset"]) for r in fates] == sorted((r["file"], r["offset"]) for r in fates)
+    for r in fates:
+        assert sorted(r) == ["case", "fate", "file", "line", "offset"]
+    assert sorted({r["file"] for r in fates}) == sorted(ALL_FILES)
+    for rel in ALL_FILES:
+        rows = [r for r in fates if r["file"] == rel]
+        lines = physical_lines(demo / "raw" / rel)
+        assert len(rows) == len(lines)
+        assert [r["line"] for r in rows] == list(range(len(lines)))
+        assert [r["offset"] for r in rows] == [off for off, _ in lines]
+        if rel in SKIPPED_FILES:
+            assert {r["fate"] for r in rows} == {"not_selected"}
+
+
+def test_selected_file_names():
+    assert [f for f in ALL_FILES if is_selected(f)] == ["SFT/chat/chat.jsonl", "SFT/math/math_v1.1.jsonl"]
+
+
+def test_planted_rows_look_right(demo, fates):
+    data = {rel: (demo / "raw" / rel).read_bytes() for rel in ALL_FILES}
+
+    def line(r) -> bytes:
+        buf = data[r["file"]]
+        return buf[r["offset"]:buf.index(b"\n", r["offset"])]
+
+    by_case: dict[str, list[bytes]] = {}
+    for r in fates:
+        by_case.setdefault(r["case"], []).append(line(r))
+        if r["fate"] == "kept" or r["fate"] in ("nano", "boxed", "language", "think_tags", "empty_think"):
+            rec = json.loads(line(r))
+            assert list(rec) == FIELD_ORDER
+            assert rec["system_prompt"] == f"detailed thinking {rec['reasoning']}"
+            assert rec["license"] == "cc-by-4.0"
+            assert isinstance(rec["used_in_training"], str)
+        if r["fate"] == "kept":
+            rec = json.loads(line(r))
+            assert "nano" in rec["used_in_training"].lower()
+            if rec["reasoning"] == "on":
+                assert rec["output"].startswith("<think>\n") and "\n</think>\n\n" in rec["output"]
+            if r["file"].endswith("math_v1.1.jsonl") and "\\boxed" in "".join(m["content"] for m in rec["input"]):
+                assert "\\boxed{" in rec["output"]
+    huge = by_case["huge_line_5mb"]
+    assert len(huge) == 1 and len(huge[0]) >= 5_000_000
+    assert json.loads(huge[0])["used_in_training"].lower().count("nano") == 1
+    dups = Counter(by_case["duplicate"])
+    assert dups and all(n == 2 for n in dups.values())
+    for case in ("ff_fe_bytes", "latin1_byte", "encoded_surrogate"):
+        for raw in by_case[case]:
+            with pytest.raises(UnicodeDecodeError):
+                raw.decode("utf-8")
+    assert all(b.strip() == b"" for b in by_case["empty_line"] + by_case["spaces_line"])
+    for raw in by_case["used_in_training_list"]:
+        assert json.loads(raw)["used_in_training"] == ["Nano"]
+    for case in ("german", "turkish", "chinese", "code_mixed_german", "multi_turn", "unicode_punct_emoji",
+                 "nano_casing", "long_prompt", "long_completion", "near_limit", "on_unclosed_think",
+                 "off_with_think", "boxed_in_history", "no_boxed_anywhere"):
+        assert by_case.get(case), case

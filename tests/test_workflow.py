@@ -1,0 +1,125 @@
+"""Real Snakemake runs of the demo workflow in an isolated working directory."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def planned(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}; {} when nothing is to be done."""
+    out = proc.stdout + proc.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def config_variant(workdir: Path, name: str, **curation) -> str:
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    cfg["curation"].update(curation)
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, demo_dir):
+    workdir = tmp_path_factory.mktemp("wf")
+    for name in ("config", "resources"):
+        (workdir / name).symlink_to(REPO / name)
+    snakemake(workdir, "--configfile", "config/demo.yaml")
+    return workdir
+
+
+def test_demo_run_accounts_for_every_selected_row(demo_run, expected_fates):
+    summary = json.loads((demo_run / "results/curation/summary.json").read_text())
+    selected = [v for v in expected_fates.values() if v["fate"] != "not_selected"]
+    total = summary["total"]
+    assert total["rows_in"] == len(selected)
+    assert total["kept"] == sum(v["fate"] == "kept" for v in selected)
+    assert total["rejected"] == sum(v["fate"].startswith("rejected:") for v in selected)
+    for name, n in total["dropped"].items():
+        assert n == sum(v["fate"] == name for v in selected), name
+    funnel = (demo_run / "results/curation/funnel.csv").read_text().splitlines()
+    assert funnel[0] == "step,rows_before,removed,rows_after"
+    assert funnel[-1].endswith(f",{total['kept']}")
+
+
+def test_every_job_left_a_log_and_curation_a_benchmark(demo_run):
+    stats = sorted((demo_run / "results/curation/curated").rglob("*.stats.json"))
+    assert len(stats) == 18
+    for path in stats:
+        rel = path.relative_to(demo_run / "results/curation/curated")
+        stem = str(rel).removesuffix(".stats.json")
+        assert (demo_run / "logs/curate_shard" / f"{stem}.log").is_file()
+        assert (demo_run / "logs/split_shard" / f"{stem}.log").is_file()
+        assert (demo_run / "benchmarks/curate_shard" / f"{stem}.tsv").is_file()
+
+
+def test_unchanged_rerun_plans_nothing(demo_run):
+    assert planned(snakemake(demo_run, "-n", "--configfile", "config/demo.yaml")) == {}
+
+
+def test_changed_curation_value_plans_curation_and_downstream_only(demo_run):
+    cfg = config_variant(demo_run, "fewer_tokens", max_completion_tokens=1000)
+    jobs = planned(snakemake(demo_run, "-n", "--configfile", cfg))
+    assert jobs == {"curate_shard": 18, "curation_summary": 1, "all": 1}
+
+
+def test_changed_shard_size_replans_the_split(demo_run):
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    cfg["data"]["shard_mb"] = 2
+    path = demo_run / "bigger_shards.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    jobs = planned(snakemake(demo_run, "-n", "--configfile", str(path)))
+    assert jobs["split_shard"] == jobs["curate_shard"] == 6
+
+
+@pytest.mark.parametrize(
+    "curation, message",
+    [
+        ({"max_tokens": "lots"}, "'lots' is not of type 'integer'"),
+        ({"boxed_mode": "sometimes"}, "'sometimes' is not one of"),
+    ],
+)
+def test_bad_config_values_are_named(tmp_path, curation, message):
+    proc = snakemake(tmp_path, "-n", "--configfile", config_variant(tmp_path, "bad", **curation), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+def test_missing_raw_dir_is_named(tmp_path):
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    cfg["data"]["raw_dir"] = str(tmp_path / "nowhere")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "c.yaml"), check=False)
+    assert proc.returncode != 0
+    assert "nowhere" in proc.stdout + proc.stderr and "is not a directory" in proc.stdout + proc.stderr
+
+
+def test_lint_and_format_are_clean():
+    lint = subprocess.run([str(BIN / "snakemake"), "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "Congratulations" in lint.stdout + lint.stderr or "no linting" in (lint.stdout + lint.stderr).lower()
+    fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "rules/"], capture_output=True, text=True,
+                         cwd=REPO)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
