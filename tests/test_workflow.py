@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def test_bad_config_values_are_named(tmp_path, curation, message):
 
 
 def test_missing_raw_dir_is_named(tmp_path):
+    for name in ("config", "resources"):
+        (tmp_path / name).symlink_to(REPO / name)
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     cfg["data"]["raw_dir"] = str(tmp_path / "nowhere")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -123,3 +126,12 @@ def test_lint_and_format_are_clean():
     fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "rules/"], capture_output=True, text=True,
                          cwd=REPO)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz (dot) not installed: make audit installs it as root")
+def test_audit_renders_dag_and_rulegraph_svg(demo_run):
+    for flag in ("--dag", "--rulegraph"):
+        dot = snakemake(demo_run, "-n", "--forceall", flag, "--configfile", "config/demo.yaml").stdout
+        svg = subprocess.run(["dot", "-Tsvg"], input=dot[dot.index("digraph"):], capture_output=True, text=True,
+                             check=True).stdout
+        assert svg.lstrip().startswith(("<?xml", "<svg")) and "curate_shard" in svg

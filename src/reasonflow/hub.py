@@ -15,7 +15,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 def is_local(name_or_path: str) -> bool:
     """A path (existing, or written like one) rather than a hub id ``org/name``."""
-    if os.path.isdir(name_or_path) or name_or_path.startswith((".", "/", "~")):
+    if os.path.isdir(name_or_path) or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         return True
     if _HUB_ID.match(name_or_path):
         return False
