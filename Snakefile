@@ -7,9 +7,12 @@ configfile: "config/demo.yaml"
 
 include: "rules/common.smk"
 include: "rules/curation.smk"
+include: "rules/merge.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.curation_summary.output,
+        rules.merge.output,
+        rules.dataset_stats.output,

@@ -84,3 +84,17 @@ def curation_settings():
     )
     cur = config["curation"]
     return {"tokenizer": TOKENIZER_DIR, **{k: cur[k] for k in keys if k in cur}}
+
+
+def merge_settings():
+    """Every config value the merge depends on (goes through params:)."""
+    keys = (
+        "interleave",
+        "partition_rows",
+        "max_samples",
+        "dedup",
+        "decontaminate",
+        "ngram",
+        "question_files",
+    )
+    return {k: config["merge"][k] for k in keys if k in config["merge"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -34,3 +35,36 @@ def expected_fates(demo_dir) -> dict[str, dict]:
 def read_jsonl(path) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
+
+
+SELECTED = ("SFT/chat/chat.jsonl", "SFT/math/math_v1.1.jsonl")
+
+
+def settings_for(demo_dir, **overrides):
+    from reasonflow.curation.run import CurationSettings
+
+    base = CurationSettings(tokenizer=str(demo_dir / "tokenizer"), max_tokens=4096, max_completion_tokens=2048)
+    return dataclasses.replace(base, chunk_rows=700, **overrides)
+
+
+def curate_whole_file(demo_dir, tmp, source, settings, tag="run"):
+    """Curate one raw demo file as a single shard through the real Curator pipeline."""
+    from reasonflow.curation.run import curate_shard
+    from reasonflow.split import write_shard
+
+    raw = demo_dir / "raw" / source
+    shard, info = tmp / f"{tag}.jsonl", tmp / f"{tag}.json"
+    write_shard(raw, source, 0, raw.stat().st_size + 1, shard, info)
+    outs = {k: tmp / f"{tag}.{k}" for k in ("kept", "dropped", "rejects", "stats")}
+    stats = curate_shard(str(shard), str(info), settings, *(str(outs[k]) for k in outs), num_cpus=2)
+    return stats, outs
+
+
+@pytest.fixture(scope="session")
+def curated(demo_dir, tmp_path_factory):
+    """Both selected demo files curated once per test session: {source: (stats, paths)}."""
+    tmp = tmp_path_factory.mktemp("curated")
+    return {
+        src: curate_whole_file(demo_dir, tmp, src, settings_for(demo_dir), tag=src.replace("/", "_"))
+        for src in SELECTED
+    }

@@ -6,41 +6,17 @@ which filter, rejected for which reason) must be the one the fixture builder pla
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections import Counter
 
 import pytest
 
-from conftest import read_jsonl
+from conftest import SELECTED, curate_whole_file, read_jsonl, settings_for
 from reasonflow import chat
 from reasonflow.curation.filters import FILTER_ORDER
-from reasonflow.curation.run import CurationSettings, curate_shard
-from reasonflow.split import write_shard
 
 pytestmark = pytest.mark.slow
-SELECTED = ("SFT/chat/chat.jsonl", "SFT/math/math_v1.1.jsonl")
-
-
-def _settings(demo_dir, **overrides):
-    base = CurationSettings(tokenizer=str(demo_dir / "tokenizer"), max_tokens=4096, max_completion_tokens=2048)
-    return dataclasses.replace(base, chunk_rows=700, **overrides)
-
-
-def _curate(demo_dir, tmp, source, settings, tag="run"):
-    raw = demo_dir / "raw" / source
-    shard, info = tmp / f"{tag}.jsonl", tmp / f"{tag}.json"
-    write_shard(raw, source, 0, raw.stat().st_size + 1, shard, info)
-    outs = {k: tmp / f"{tag}.{k}" for k in ("kept", "dropped", "rejects", "stats")}
-    stats = curate_shard(str(shard), str(info), settings, *(str(outs[k]) for k in outs), num_cpus=2)
-    return stats, outs
-
-
-@pytest.fixture(scope="module")
-def curated(demo_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("curated")
-    return {src: _curate(demo_dir, tmp, src, _settings(demo_dir), tag=src.replace("/", "_")) for src in SELECTED}
 
 
 def _fates(outs) -> dict[str, str]:
@@ -119,7 +95,7 @@ def test_the_5mb_line_is_dropped_by_length_without_tokenizing(curated):
 
 def test_two_runs_are_byte_identical(curated, demo_dir, tmp_path):
     source = "SFT/chat/chat.jsonl"
-    _, again = _curate(demo_dir, tmp_path, source, _settings(demo_dir), tag="again")
+    _, again = curate_whole_file(demo_dir, tmp_path, source, settings_for(demo_dir), tag="again")
     _, first = curated[source]
     for kind in ("kept", "dropped", "rejects", "stats"):
         assert hashlib.sha256(again[kind].read_bytes()).hexdigest() == hashlib.sha256(
@@ -129,8 +105,8 @@ def test_two_runs_are_byte_identical(curated, demo_dir, tmp_path):
 def test_reference_modes(curated, demo_dir, tmp_path):
     """boxed_mode=reference never drops; token_count_mode=reference counts BOS twice."""
     source = "SFT/chat/chat.jsonl"
-    settings = _settings(demo_dir, boxed_mode="reference", token_count_mode="reference")
-    stats, outs = _curate(demo_dir, tmp_path, source, settings, tag="ref")
+    settings = settings_for(demo_dir, boxed_mode="reference", token_count_mode="reference")
+    stats, outs = curate_whole_file(demo_dir, tmp_path, source, settings, tag="ref")
     exact_stats, exact_outs = curated[source]
     assert stats["dropped"]["boxed"] == 0 < exact_stats["dropped"]["boxed"]
     exact = {r["id"]: r for r in read_jsonl(exact_outs["kept"])}

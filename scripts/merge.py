@@ -1,0 +1,30 @@
+"""Snakemake entry point: curriculum merge of all curated shards with dask."""
+
+import json
+import tempfile
+
+from reasonflow.merge.run import MergeSettings, local_cluster, merge
+from reasonflow.smk import log_to
+
+
+def main() -> None:
+    log_to(snakemake.log[0])
+    settings = MergeSettings.from_config(snakemake.params.settings)
+    if settings.decontaminate and not settings.question_files:
+        print("WARNING: merge.decontaminate is on but merge.question_files is empty: nothing to decontaminate against")
+    with local_cluster(snakemake.threads), tempfile.TemporaryDirectory(dir=snakemake.resources.tmpdir) as work:
+        stats = merge(
+            list(snakemake.input.kept),
+            settings,
+            snakemake.output.training,
+            snakemake.output.duplicates,
+            snakemake.output.contaminated,
+            snakemake.output.stats,
+            workdir=work,
+        )
+    print(json.dumps(stats["counts"], indent=2))
+
+
+# dask starts worker processes with 'spawn', which re-imports this file: guard the work.
+if __name__ == "__main__":
+    main()
