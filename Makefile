@@ -51,6 +51,8 @@ demo: env $(FIXTURES)
 	@echo "  curated shards:   results/curation/curated/<file>/<shard>.{kept,dropped,rejects}.jsonl"
 	@echo "  per-shard stats:  results/curation/curated/<file>/<shard>.stats.json"
 	@echo "  funnel:           results/curation/summary.json, results/curation/funnel.csv"
+	@echo "  training set:     results/merge/training.jsonl (+ duplicates.jsonl, contaminated.jsonl, merge_stats.json)"
+	@echo "  statistics:       results/stats/summary.json, *.csv, funnel.png, token_histograms.png, category_reasoning.png"
 	@echo "  logs:             logs/<rule>/...   benchmarks: benchmarks/<rule>/..."
 
 test: env $(FIXTURES)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
+import re
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -84,6 +88,9 @@ def test_two_builds_byte_identical(builds):
     assert built == sorted(manifest["files"])
     for rel in ALL_FILES:
         assert f"raw/{rel}" in manifest["files"]
+    for rel in ("expected_fates.jsonl", "expected_merge.json", "eval/mmlu/data.tar", "eval/gpqa/gpqa_main.csv",
+                "eval/gpqa/gpqa_diamond.csv", "eval/mmlu/data/test/college_biology_test.csv"):
+        assert rel in manifest["files"], rel
 
 
 def test_summary(builds):
@@ -242,8 +249,13 @@ def test_planted_rows_look_right(demo, fates):
     huge = by_case["huge_line_5mb"]
     assert len(huge) == 1 and len(huge[0]) >= 5_000_000
     assert json.loads(huge[0])["used_in_training"].lower().count("nano") == 1
-    dups = Counter(by_case["duplicate"])
-    assert dups and all(n == 2 for n in dups.values())
+    def content(raw: bytes) -> str:
+        rec = json.loads(raw)
+        return json.dumps([rec["system_prompt"], rec["input"], rec["output"]], sort_keys=True)
+
+    dups = Counter(content(b) for b in by_case["duplicate"])
+    assert len(dups) >= 3 and all(n in (2, 3) for n in dups.values()) and 3 in dups.values()
+    assert len(set(by_case["duplicate"])) > len(dups)   # some copies are serialised differently
     for case in ("ff_fe_bytes", "latin1_byte", "encoded_surrogate"):
         for raw in by_case[case]:
             with pytest.raises(UnicodeDecodeError):
@@ -255,3 +267,200 @@ def test_planted_rows_look_right(demo, fates):
                  "nano_casing", "long_prompt", "long_completion", "near_limit", "on_unclosed_think",
                  "off_with_think", "boxed_in_history", "no_boxed_anywhere"):
         assert by_case.get(case), case
+
+
+# --------------------------------------------------------------------------- evaluation sets
+
+MMLU_STEM = {"abstract_algebra", "anatomy", "college_biology", "college_chemistry", "college_computer_science",
+             "high_school_physics"}
+MMLU_NON_STEM = {"high_school_us_history", "marketing"}
+GPQA_REQUIRED = ["Pre-Revision Question", "Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+                 "Incorrect Answer 3", "Explanation", "Record ID", "High-level domain", "Subdomain"]
+
+
+def norm_words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def read_gpqa(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames), list(reader)
+
+
+def mmlu_questions(demo: Path) -> list[str]:
+    qs = []
+    for p in sorted((demo / "eval" / "mmlu" / "data").glob("*/*.csv")):
+        with open(p, encoding="utf-8", newline="") as fh:
+            qs += [row[0] for row in csv.reader(fh)]
+    return qs
+
+
+def gpqa_questions(demo: Path) -> list[str]:
+    return [r["Question"] for name in ("gpqa_main.csv", "gpqa_diamond.csv")
+            for r in read_gpqa(demo / "eval" / "gpqa" / name)[1]]
+
+
+def eval_questions(demo: Path) -> list[str]:
+    """Every evaluation question text: MMLU test/dev/val and GPQA ``Question``."""
+    return mmlu_questions(demo) + gpqa_questions(demo)
+
+
+def test_mmlu_csv_layout(demo):
+    root = demo / "eval" / "mmlu" / "data"
+    subjects = {split: sorted(p.name[: -len(f"_{split}.csv")] for p in (root / split).glob("*.csv"))
+                for split in ("test", "dev", "val")}
+    assert subjects["test"] == subjects["dev"] == subjects["val"]
+    subs = set(subjects["test"])
+    assert len(subs & MMLU_STEM) >= 4 and 1 <= len(subs & MMLU_NON_STEM) <= 2 and 5 <= len(subs) <= 8
+    for split, n in (("test", 12), ("dev", 5), ("val", 3)):
+        for sub in subs:
+            path = root / split / f"{sub}_{split}.csv"
+            with open(path, encoding="utf-8", newline="") as fh:
+                rows = list(csv.reader(fh))
+            assert len(rows) == n, path
+            for row in rows:
+                assert len(row) == 6 and row[5] in ("A", "B", "C", "D"), row
+                assert len(set(row[1:5])) == 4 and all(row[1:5])
+                assert len(norm_words(row[0])) >= 20
+            # headerless, written by the csv module with minimal quoting
+            buf = io.StringIO(newline="")
+            csv.writer(buf, quoting=csv.QUOTE_MINIMAL, lineterminator="\n").writerows(rows)
+            assert path.read_text(encoding="utf-8") == buf.getvalue()
+    qs = mmlu_questions(demo)
+    assert len(qs) == len(set(qs)) == len(subs) * 20
+
+
+def test_mmlu_tar_mirrors_files(demo):
+    mmlu = demo / "eval" / "mmlu"
+    files = {p.relative_to(mmlu).as_posix(): p.read_bytes() for p in (mmlu / "data").rglob("*") if p.is_file()}
+    with tarfile.open(mmlu / "data.tar") as tar:
+        members = tar.getmembers()
+        names = [m.name for m in members]
+        assert names == sorted(names)
+        assert {m.name for m in members if m.isdir()} == {"data", "data/dev", "data/test", "data/val"}
+        got = {m.name: tar.extractfile(m).read() for m in members if m.isfile()}
+        for m in members:
+            assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
+            assert m.mode == (0o755 if m.isdir() else 0o644)
+    assert got == files and all(n.startswith("data/") for n in got)
+
+
+def test_gpqa_files(demo):
+    head_main, main = read_gpqa(demo / "eval" / "gpqa" / "gpqa_main.csv")
+    head_dia, diamond = read_gpqa(demo / "eval" / "gpqa" / "gpqa_diamond.csv")
+    assert head_main == head_dia and set(GPQA_REQUIRED) <= set(head_main)
+    assert 20 <= len(main) <= 30 and 10 <= len(diamond) < len(main)
+    by_id = {r["Record ID"]: r for r in main}
+    assert len(by_id) == len(main)
+    for r in main:
+        assert re.fullmatch(r"rec[A-Za-z0-9]{14}", r["Record ID"])
+        assert r["High-level domain"] in ("Physics", "Chemistry", "Biology") and r["Subdomain"]
+        assert len({r["Correct Answer"], r["Incorrect Answer 1"], r["Incorrect Answer 2"], r["Incorrect Answer 3"]}) == 4
+        assert len(norm_words(r["Question"])) >= 20
+        assert norm_words(r["Pre-Revision Question"]) == norm_words(r["Question"])
+    assert {r["High-level domain"] for r in main} == {"Physics", "Chemistry", "Biology"}
+    for r in diamond:   # a subset of main, row for row
+        assert by_id[r["Record ID"]] == r
+    texts = [r["Question"] for r in main]
+    assert any("\n" in q for q in texts) and any("," in q for q in texts) and any('"' in q for q in texts)
+
+
+# --------------------------------------------------------------------------- merge expectations
+
+@pytest.fixture(scope="module")
+def merge_expect(demo) -> dict:
+    return json.loads((demo / "expected_merge.json").read_text("utf-8"))
+
+
+@pytest.fixture(scope="module")
+def kept_records(demo, fates) -> dict[str, tuple[dict, dict]]:
+    """``"<file>@<offset>" -> (fate row, record)`` for every kept row."""
+    data = {rel: (demo / "raw" / rel).read_bytes() for rel in ALL_FILES}
+    out = {}
+    for r in fates:
+        if r["fate"] == "kept":
+            buf = data[r["file"]]
+            out[f"{r['file']}@{r['offset']}"] = (r, json.loads(buf[r["offset"]:buf.index(b"\n", r["offset"])]))
+    return out
+
+
+def test_expected_merge_file_format(demo, merge_expect):
+    text = (demo / "expected_merge.json").read_text("utf-8")
+    assert text == json.dumps(merge_expect, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    for key in ("contaminated_ids", "duplicate_groups", "duplicates_dropped", "kept_by_reasoning",
+                "kept_by_category_reasoning"):
+        assert key in merge_expect
+
+
+def test_contaminated_ids_match_an_independent_scan(demo, merge_expect, kept_records, fates):
+    contaminated = merge_expect["contaminated_ids"]
+    assert contaminated == sorted(contaminated) and set(contaminated) <= set(kept_records)
+    planted = {k for k, (r, _) in kept_records.items() if r["case"] == "contaminated"}
+    assert set(contaminated) == planted and len(planted) >= 10
+    assert {k.split("@")[0] for k in planted} == {"SFT/chat/chat.jsonl", "SFT/math/math_v1.1.jsonl"}
+
+    questions = eval_questions(demo)
+    grams = {tuple(w[i:i + 13]) for w in map(norm_words, questions) for i in range(len(w) - 12)}
+    found = set()
+    for k, (_, rec) in kept_records.items():
+        w = norm_words("\n".join(m["content"] for m in rec["input"]))
+        if any(tuple(w[i:i + 13]) in grams for i in range(len(w) - 12)):
+            found.add(k)
+    assert found == set(contaminated)
+    mmlu_qs = set(mmlu_questions(demo))
+    sources = Counter()
+    for k in contaminated:   # each quotes one evaluation question verbatim
+        prompt = "\n".join(m["content"] for m in kept_records[k][1]["input"])
+        hits = [q for q in questions if q in prompt]
+        assert hits, k
+        sources["mmlu" if hits[0] in mmlu_qs else "gpqa"] += 1
+        rec = kept_records[k][1]
+        if rec["category"] == "math":
+            assert "\\boxed{" in rec["output"]
+    assert sources["mmlu"] and sources["gpqa"]
+    # contaminated rows that curation drops anyway are not listed
+    dropped = [r for r in fates if r["case"].startswith("contaminated_")]
+    assert dropped and all(r["fate"] != "kept" for r in dropped)
+
+
+def _longest_run(a: list[str], b: list[str]) -> int:
+    best, prev = 0, [0] * (len(b) + 1)
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, 1):
+            if x == y:
+                cur[j] = prev[j - 1] + 1
+                best = max(best, cur[j])
+        prev = cur
+    return best
+
+
+def test_near_miss_rows_are_kept_and_not_contaminated(demo, merge_expect, kept_records, fates):
+    near = [f"{r['file']}@{r['offset']}" for r in fates if r["case"] == "near_miss"]
+    assert len(near) >= 6 and sorted(near) == merge_expect.get("near_miss_ids", sorted(near))
+    assert set(near) <= set(kept_records) and not set(near) & set(merge_expect["contaminated_ids"])
+    qwords = [norm_words(q) for q in eval_questions(demo)]
+    for k in near:
+        w = norm_words("\n".join(m["content"] for m in kept_records[k][1]["input"]))
+        assert max(_longest_run(w, q) for q in qwords) == 10, k
+
+
+def test_duplicate_groups_and_counts(merge_expect, kept_records):
+    groups: dict[str, list[str]] = {}
+    for k, (_, rec) in kept_records.items():
+        key = json.dumps([rec["system_prompt"], rec["input"], rec["output"]], sort_keys=True)
+        groups.setdefault(key, []).append(k)
+    want = sorted(sorted(g, key=lambda i: int(i.split("@")[1])) for g in groups.values() if len(g) > 1)
+    got = merge_expect["duplicate_groups"]
+    assert sorted(got) == got and [sorted(g, key=lambda i: int(i.split("@")[1])) for g in got] == got
+    assert sorted(map(tuple, got)) == sorted(map(tuple, want))
+    assert len(got) >= 3 and all(2 <= len(g) <= 3 for g in got)
+    assert merge_expect["duplicates_dropped"] == sum(len(g) - 1 for g in got)
+    assert {k for g in got for k in g} == {k for k, (r, _) in kept_records.items() if r["case"] == "duplicate"}
+
+    recs = [rec for _, rec in kept_records.values()]
+    assert merge_expect["kept_by_reasoning"] == dict(Counter(r["reasoning"] for r in recs))
+    assert merge_expect["kept_by_category_reasoning"] == dict(
+        Counter(f"{r['category']}/{r['reasoning']}" for r in recs))
+    assert sum(merge_expect["kept_by_reasoning"].values()) == len(kept_records)

@@ -41,11 +41,26 @@ def config_variant(workdir: Path, name: str, **curation) -> str:
     return str(path)
 
 
+def n_shards(raw: Path) -> int:
+    """Shards the demo config plans for the selected files under ``raw``."""
+    from reasonflow.split import shard_count
+
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())["data"]
+    files = [p for p in raw.rglob("*.jsonl") if any(s in p.relative_to(raw).as_posix() for s in cfg["file_filter"])]
+    return sum(shard_count(p.stat().st_size, int(cfg["shard_mb"] * 2**20)) for p in files)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, demo_dir):
+    """The demo workflow run once in a private working directory (its own copy of the raw files)."""
     workdir = tmp_path_factory.mktemp("wf")
-    for name in ("config", "resources"):
-        (workdir / name).symlink_to(REPO / name)
+    (workdir / "config").symlink_to(REPO / "config")
+    (workdir / "resources/demo").mkdir(parents=True)
+    for entry in demo_dir.iterdir():
+        if entry.name == "raw":
+            shutil.copytree(entry, workdir / "resources/demo/raw")
+        else:
+            (workdir / "resources/demo" / entry.name).symlink_to(entry)
     snakemake(workdir, "--configfile", "config/demo.yaml")
     return workdir
 
@@ -66,7 +81,7 @@ def test_demo_run_accounts_for_every_selected_row(demo_run, expected_fates):
 
 def test_every_job_left_a_log_and_curation_a_benchmark(demo_run):
     stats = sorted((demo_run / "results/curation/curated").rglob("*.stats.json"))
-    assert len(stats) == 18
+    assert len(stats) == n_shards(demo_run / "resources/demo/raw")
     for path in stats:
         rel = path.relative_to(demo_run / "results/curation/curated")
         stem = str(rel).removesuffix(".stats.json")
@@ -82,7 +97,40 @@ def test_unchanged_rerun_plans_nothing(demo_run):
 def test_changed_curation_value_plans_curation_and_downstream_only(demo_run):
     cfg = config_variant(demo_run, "fewer_tokens", max_completion_tokens=1000)
     jobs = planned(snakemake(demo_run, "-n", "--configfile", cfg))
-    assert jobs == {"curate_shard": 18, "curation_summary": 1, "all": 1}
+    n = n_shards(demo_run / "resources/demo/raw")
+    assert jobs == {"curate_shard": n, "curation_summary": 1, "merge": 1, "dataset_stats": 1, "all": 1}
+
+
+def test_changed_merge_value_plans_merge_and_downstream_only(demo_run):
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    cfg["merge"]["interleave"] = "row"
+    path = demo_run / "row_mode.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"merge": 1, "dataset_stats": 1, "all": 1}
+
+
+def test_adding_a_raw_file_plans_only_its_jobs_and_downstream(demo_run):
+    raw = demo_run / "resources/demo/raw/SFT/chat"
+    extra = raw / "chat_extra.jsonl"
+    extra.write_bytes(b"".join((raw / "chat.jsonl").open("rb").readlines()[:5]))
+    try:
+        jobs = planned(snakemake(demo_run, "-n", "--configfile", "config/demo.yaml"))
+    finally:
+        extra.unlink()
+    assert jobs == {"split_shard": 1, "curate_shard": 1, "curation_summary": 1, "merge": 1, "dataset_stats": 1,
+                    "all": 1}
+
+
+def test_merge_outputs_and_statistics(demo_run, expected_fates):
+    training = (demo_run / "results/merge/training.jsonl").read_text().splitlines()
+    summary = json.loads((demo_run / "results/stats/summary.json").read_text())
+    funnel = summary["funnel"]
+    assert funnel[0]["rows_before"] == sum(v["fate"] != "not_selected" for v in expected_fates.values())
+    assert funnel[-1]["rows_after"] == len(training)
+    for name in ("funnel", "token_histograms", "category_reasoning"):
+        assert (demo_run / f"results/stats/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    hist = summary["histograms"]["completion_token_count"]
+    assert sum(hist["on"]) + sum(hist["off"]) == len(training)
 
 
 def test_changed_shard_size_replans_the_split(demo_run):
@@ -91,7 +139,7 @@ def test_changed_shard_size_replans_the_split(demo_run):
     path = demo_run / "bigger_shards.yaml"
     path.write_text(yaml.safe_dump(cfg))
     jobs = planned(snakemake(demo_run, "-n", "--configfile", str(path)))
-    assert jobs["split_shard"] == jobs["curate_shard"] == 6
+    assert jobs["split_shard"] == jobs["curate_shard"] < n_shards(demo_run / "resources/demo/raw")
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,15 @@ def _flag_contaminated(df: pd.DataFrame, index: dict, n: int) -> pd.DataFrame:
     return df.assign(contaminated_by=pd.Series(hits, index=df.index, dtype="str"))
 
 
+def _order_key(df: pd.DataFrame) -> pd.Series:
+    """Curriculum order as one sortable string: completion tokens (zero-padded), then source/offset."""
+    return pd.Series(
+        [f"{c:012d}\x01{k}" for c, k in zip(df["completion_token_count"], df["key"], strict=True)],
+        index=df.index,
+        dtype="str",
+    )
+
+
 def _id_of_key(key: str) -> str:
     source, offset = key.split("\x00")
     return f"{source}@{int(offset)}"
@@ -133,7 +142,9 @@ def merge(
 
     sizes = {}
     for name in ("on", "off"):
-        bucket = clean[clean["reasoning"] == name].sort_values(["completion_token_count", "key"])
+        # set_index on one composite key is dask's global (range-partitioned) sort
+        bucket = clean[clean["reasoning"] == name]
+        bucket = bucket.assign(order=bucket.map_partitions(_order_key, meta=("order", "str"))).set_index("order")
         bucket.to_parquet(work / name, write_index=False, overwrite=True)
         sizes[name] = sum(pq_rows(p) for p in (work / name).glob("part.*.parquet"))
     k_on, k_off = split_cap(sizes["on"], sizes["off"], settings.max_samples)
