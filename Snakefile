@@ -8,6 +8,7 @@ configfile: "config/demo.yaml"
 include: "rules/common.smk"
 include: "rules/curation.smk"
 include: "rules/merge.smk"
+include: "rules/train.smk"
 
 
 rule all:
@@ -16,3 +17,4 @@ rule all:
         rules.curation_summary.output,
         rules.merge.output,
         rules.dataset_stats.output,
+        rules.train.output,

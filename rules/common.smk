@@ -98,3 +98,8 @@ def merge_settings():
         "question_files",
     )
     return {k: config["merge"][k] for k in keys if k in config["merge"]}
+
+
+def train_settings():
+    """Every config value training depends on (goes through params:)."""
+    return dict(config["train"])

@@ -98,7 +98,15 @@ def test_changed_curation_value_plans_curation_and_downstream_only(demo_run):
     cfg = config_variant(demo_run, "fewer_tokens", max_completion_tokens=1000)
     jobs = planned(snakemake(demo_run, "-n", "--configfile", cfg))
     n = n_shards(demo_run / "resources/demo/raw")
-    assert jobs == {"curate_shard": n, "curation_summary": 1, "merge": 1, "dataset_stats": 1, "all": 1}
+    assert jobs == {"curate_shard": n, "curation_summary": 1, "merge": 1, "dataset_stats": 1, "train": 1, "all": 1}
+
+
+def test_changed_learning_rate_plans_training_only(demo_run):
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    cfg["train"]["lr"] = 5e-4
+    path = demo_run / "lr.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"train": 1, "all": 1}
 
 
 def test_changed_merge_value_plans_merge_and_downstream_only(demo_run):
@@ -106,7 +114,8 @@ def test_changed_merge_value_plans_merge_and_downstream_only(demo_run):
     cfg["merge"]["interleave"] = "row"
     path = demo_run / "row_mode.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"merge": 1, "dataset_stats": 1, "all": 1}
+    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {
+        "merge": 1, "dataset_stats": 1, "train": 1, "all": 1}
 
 
 def test_adding_a_raw_file_plans_only_its_jobs_and_downstream(demo_run):
@@ -118,7 +127,7 @@ def test_adding_a_raw_file_plans_only_its_jobs_and_downstream(demo_run):
     finally:
         extra.unlink()
     assert jobs == {"split_shard": 1, "curate_shard": 1, "curation_summary": 1, "merge": 1, "dataset_stats": 1,
-                    "all": 1}
+                    "train": 1, "all": 1}
 
 
 def test_merge_outputs_and_statistics(demo_run, expected_fates):

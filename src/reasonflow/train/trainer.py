@@ -1,0 +1,319 @@
+"""LoRA fine-tuning with transformers + PEFT: answer-only loss, packing, exact resume.
+
+One optimizer step consumes ``global_batch_size`` samples (in the configured order),
+split into micro-batches (packed rows, or padded groups of ``micro_batch_size``); the
+loss is the mean over every answer token of the whole step (``num_items_in_batch``),
+so gradient accumulation equals one large batch.
+
+Checkpoints (``checkpoint_every`` steps, newest ``keep_last`` kept) hold the adapter,
+optimizer, scheduler, RNG states and the number of samples consumed; they are written
+to a temporary folder and renamed, with a ``COMPLETE`` marker last. On start the
+newest complete checkpoint is resumed, so a killed or requeued job continues exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reasonflow.train.data import Example, JsonlDataset, pack, pad_batch, sample_order
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+METRICS = ["step", "loss", "lr", "samples", "tokens", "tokens_per_s", "memory_mb", "grad_norm"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    lora_rank: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    weight_decay: float = 0.001
+    grad_clip: float = 1.0
+    warmup_ratio: float = 0.05
+    global_batch_size: int = 256
+    micro_batch_size: int = 1
+    max_steps: int = 2000
+    max_length: int = 8192
+    packing: bool = True
+    data_order: str = "sequential"
+    seed: int = 1234
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 100
+    keep_last: int = 3
+    overlong: str = "truncate"
+    merge_model: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "TrainSettings":
+        return cls(**{k: v for k, v in cfg.items() if k in cls.__dataclass_fields__})
+
+
+def lr_lambda(settings: TrainSettings):
+    """Linear warmup over ``warmup_ratio`` of the steps, then cosine from lr to min_lr."""
+    warmup = max(1, round(settings.warmup_ratio * settings.max_steps))
+    floor = settings.min_lr / settings.lr
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, settings.max_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _dtype(settings: TrainSettings, device: torch.device) -> torch.dtype:
+    if settings.precision == "bf16" or (settings.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def build_model(base: str, settings: TrainSettings, device: torch.device):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=_dtype(settings, device), attn_implementation="sdpa", local_files_only=os.path.isdir(base),
+        token=None if os.path.isdir(base) else os.environ.get("HF_TOKEN"),
+    )
+    model.config.use_cache = False
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = LoraConfig(
+        r=settings.lora_rank,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora).to(device)
+
+
+def micro_batches(examples: list[Example], settings: TrainSettings, pad_id: int) -> list[dict]:
+    if settings.packing:
+        rows = pack(examples, settings.max_length, pad_id)
+        return [
+            {
+                "input_ids": [r["input_ids"] for r in rows[i : i + settings.micro_batch_size]],
+                "labels": [r["labels"] for r in rows[i : i + settings.micro_batch_size]],
+                "position_ids": [r["position_ids"] for r in rows[i : i + settings.micro_batch_size]],
+                "real_tokens": sum(r["real_tokens"] for r in rows[i : i + settings.micro_batch_size]),
+            }
+            for i in range(0, len(rows), settings.micro_batch_size)
+        ]
+    return [
+        pad_batch(examples[i : i + settings.micro_batch_size], pad_id)
+        for i in range(0, len(examples), settings.micro_batch_size)
+    ]
+
+
+def forward_loss(model, batch: dict, num_items: int, device: torch.device) -> torch.Tensor:
+    """Sum of answer-token losses of ``batch`` divided by ``num_items`` (the step's answer tokens)."""
+    tensors = {k: torch.tensor(v, device=device) for k, v in batch.items() if k != "real_tokens"}
+    out = model(**tensors, use_cache=False, num_items_in_batch=num_items)
+    return out.loss
+
+
+def checkpoint_root(parent, base: str, training: str, settings: TrainSettings) -> Path:
+    """Checkpoint folder for this exact run: settings, base model and training file identity.
+
+    A changed config (or a re-merged training.jsonl) gets a fresh folder, so a job never
+    resumes checkpoints of a different run; old folders stay for inspection.
+    """
+    import hashlib
+
+    st = os.stat(training)
+    ident = json.dumps({"settings": asdict(settings), "base": os.path.abspath(base),
+                        "training": [os.path.abspath(training), st.st_size, st.st_mtime_ns]}, sort_keys=True)
+    return Path(parent) / hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, samples: int, keep_last: int) -> Path:
+    final = ckpt_root / f"step-{step:07d}"
+    tmp = ckpt_root / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp / "adapter")
+    torch.save(
+        {"step": step, "samples": samples, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+         "rng": _rng_state()},
+        tmp / "state.pt",
+    )
+    (tmp / "COMPLETE").write_text(f"{step}\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in complete_checkpoints(ckpt_root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(ckpt_root: Path) -> list[Path]:
+    return sorted(p for p in ckpt_root.glob("step-*") if (p / "COMPLETE").is_file())
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, int]:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(path / "adapter" / "adapter_model.safetensors")))
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state["step"], state["samples"]
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+def train(
+    base: str, training: str, settings: TrainSettings, out_adapter: str, out_metrics: str, ckpt_root: str,
+    tensorboard_dir: str | None = None, out_merged: str | None = None, device: str | None = None,
+) -> dict:
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(settings.seed)
+    random.seed(settings.seed)
+    np.random.seed(settings.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=os.path.isdir(base))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    data = JsonlDataset(training, tokenizer, settings.max_length, settings.overlong)
+    model = build_model(base, settings, dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings))
+
+    ckpt = Path(ckpt_root)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / "settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    step = samples = 0
+    if resumable := complete_checkpoints(ckpt):
+        step, samples = load_checkpoint(resumable[-1], model, optimizer, scheduler)
+        print(f"resuming from {resumable[-1]} (step {step}, {samples} samples consumed)", flush=True)
+    metrics_rows = _read_metrics(out_metrics, upto=step)
+    order = sample_order(len(data), settings.data_order, settings.seed)
+    for _ in range(samples):  # skip what the checkpoint already consumed (same order, same position)
+        next(order)
+
+    writer = None
+    if tensorboard_dir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(tensorboard_dir)
+    model.train()
+    bar = tqdm(total=settings.max_steps, initial=step, desc="train", unit="step", mininterval=5)
+    while step < settings.max_steps:
+        t0 = time.perf_counter()
+        examples = []
+        while len(examples) < settings.global_batch_size:
+            ex = data.example(next(order))
+            samples += 1
+            if ex is not None:
+                examples.append(ex)
+        batches = micro_batches(examples, settings, pad_id)
+        num_items = sum(1 for e in examples for t in e.labels if t != -100)
+        total = 0.0
+        for batch in batches:
+            loss = forward_loss(model, batch, num_items, dev)
+            loss.backward()
+            total += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip).item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        seconds = time.perf_counter() - t0
+        real = sum(b["real_tokens"] for b in batches)
+        row = {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0], "samples": samples, "tokens": real,
+               "tokens_per_s": real / seconds, "memory_mb": _memory_mb(dev), "grad_norm": grad_norm}
+        metrics_rows.append(row)
+        if writer:
+            for k in ("loss", "lr", "tokens_per_s", "grad_norm"):
+                writer.add_scalar(f"train/{k}", row[k], step)
+        bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        bar.update(1)
+        if step % settings.checkpoint_every == 0 or step == settings.max_steps:
+            save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last)
+            _write_metrics(out_metrics, metrics_rows)
+    bar.close()
+    if writer:
+        writer.close()
+    _write_metrics(out_metrics, metrics_rows)
+    model.save_pretrained(out_adapter)
+    if out_merged:
+        model.merge_and_unload().save_pretrained(out_merged)
+        tokenizer.save_pretrained(out_merged)
+    summary = {"steps": step, "samples": samples, "rows": len(data), "truncated": data.truncated,
+               "dropped_overlong": data.dropped, "final_loss": metrics_rows[-1]["loss"] if metrics_rows else None}
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def _memory_mb(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _read_metrics(path: str, upto: int) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as fh:
+        return [{k: float(v) if k != "step" else int(v) for k, v in r.items()} for r in csv.DictReader(fh)
+                if int(r["step"]) <= upto]
+
+
+def _write_metrics(path: str, rows: list[dict]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRICS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def plot_loss(metrics_csv: str, out_png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _read_metrics(metrics_csv, upto=10**12)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss (answer tokens)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="gray", alpha=0.5, label="lr")
+    ax2.set_ylabel("learning rate")
+    ax.set_title("LoRA training")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100, metadata={"Software": None})
+    plt.close(fig)
