@@ -53,6 +53,7 @@ demo: env $(FIXTURES)
 	@echo "  funnel:           results/curation/summary.json, results/curation/funnel.csv"
 	@echo "  training set:     results/merge/training.jsonl (+ duplicates.jsonl, contaminated.jsonl, merge_stats.json)"
 	@echo "  statistics:       results/stats/summary.json, *.csv, funnel.png, token_histograms.png, category_reasoning.png"
+	@echo "  LoRA adapter:     results/train/adapter/ (metrics.csv, loss.png, tensorboard/ beside it)"
 	@echo "  logs:             logs/<rule>/...   benchmarks: benchmarks/<rule>/..."
 
 test: env $(FIXTURES)
