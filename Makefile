@@ -8,12 +8,12 @@ FIXTURES := resources/demo/MANIFEST.json
 SNAKEMAKE := $(BIN)/snakemake --profile profiles/local
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help env system fixtures demo test test-fast audit lint fmt lock clean distclean
+.PHONY: help env system fixtures demo test audit lint fmt lock clean distclean
 
 help:
 	@echo "make demo    - set up, build fixtures, run the workflow on config/demo.yaml"
 	@echo "make test    - set up, build fixtures, run the test suite"
-	@echo "make audit   - dry-run DAG + rulegraph as SVG under results/audit/"
+	@echo "make audit   - dry-run DAG + rulegraph SVGs, --summary and --list-changes params in results/audit/"
 	@echo "make lint    - snakemake --lint and snakefmt --check"
 
 # Pinned main environment; rebuilt only when the lock or the package metadata changes.
@@ -63,7 +63,9 @@ audit: env $(FIXTURES)
 	mkdir -p results/audit
 	$(BIN)/snakemake --configfile config/demo.yaml --forceall --dag | dot -Tsvg > results/audit/dag.svg
 	$(BIN)/snakemake --configfile config/demo.yaml --forceall --rulegraph | dot -Tsvg > results/audit/rulegraph.svg
-	@echo "audit pictures: results/audit/dag.svg results/audit/rulegraph.svg"
+	$(BIN)/snakemake --configfile config/demo.yaml --summary > results/audit/summary.tsv
+	$(BIN)/snakemake --configfile config/demo.yaml --list-changes params > results/audit/params_changed.txt
+	@echo "audit: results/audit/{dag.svg,rulegraph.svg,summary.tsv,params_changed.txt}"
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/demo.yaml

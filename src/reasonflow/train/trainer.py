@@ -242,13 +242,14 @@ def train(
             loss.backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip).item()
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         seconds = time.perf_counter() - t0
         real = sum(b["real_tokens"] for b in batches)
-        row = {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0], "samples": samples, "tokens": real,
+        row = {"step": step, "loss": total, "lr": lr, "samples": samples, "tokens": real,
                "tokens_per_s": real / seconds, "memory_mb": _memory_mb(dev), "grad_norm": grad_norm}
         metrics_rows.append(row)
         if writer:

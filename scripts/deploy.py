@@ -1,0 +1,29 @@
+"""Snakemake entry point: the trained adapter + base model -> Triton model repositories.
+
+input:  base (HF model dir), adapter (PEFT adapter dir)
+output: triton (repository root: <name>/config.pbtxt, <name>/1/model.py, <name>/serving.json),
+        vllm (optional; repository root of the vLLM-backend variant)
+params: settings (dict; keys of reasonflow.serve.repository.TRITON_KEYS, plus "vllm": {...}),
+        and/or the same keys as separate params (name=..., max_batch_size=..., ...)
+"""
+
+import json
+
+from reasonflow.serve.repository import deploy
+from reasonflow.smk import log_to
+
+log_to(snakemake.log[0])
+settings = dict(snakemake.params.get("settings", None) or {})
+settings.update({k: v for k, v in snakemake.params.items() if k != "settings"})
+out = deploy(
+    snakemake.input.base,
+    snakemake.input.adapter,
+    snakemake.output.triton,
+    snakemake.output.get("vllm", None),
+    settings,
+)
+print(json.dumps({k: str(v) for k, v in out.items()}, indent=2))
+for model_dir in out.values():
+    for f in sorted(model_dir.rglob("*")):
+        if f.is_file():
+            print(f"wrote {f} ({f.stat().st_size} bytes)")

@@ -1,0 +1,379 @@
+"""Triton Python-backend model: one base model + PEFT LoRA adapters, chosen per request.
+
+This file is copied verbatim to ``<repo>/<name>/1/model.py`` by
+:func:`reasonflow.serve.repository.write_triton_repo` and runs inside Triton's Python-backend
+stub (serving environment: torch, transformers, peft, numpy<2). It must stay self-contained:
+no ``reasonflow`` imports. The generation logic lives in :class:`ChatGenerator`, which needs no
+Triton, so it can also be used and tested in-process.
+
+Tensors (every one ``dims: [1]`` plus the batch dimension; a request may carry several rows):
+
+inputs
+  ``messages``    BYTES  OpenAI-style ``[{"role": ..., "content": ...}, ...]`` as JSON
+  ``model``       BYTES  ``base`` (adapter disabled) or the name of a loaded adapter
+  ``max_tokens``  INT32  optional; <= 0 or absent: ``default_max_tokens`` (0: rest of the context)
+  ``temperature`` FP32   optional (default 1.0); 0 means greedy
+  ``top_p``       FP32   optional (default 1.0)
+  ``seed``        INT64  optional; a seeded sampled row is generated on its own (reproducible)
+outputs
+  ``text`` BYTES, ``finish_reason`` BYTES (``stop``/``length``), ``prompt_tokens`` INT32,
+  ``completion_tokens`` INT32 (generated tokens, the end-of-turn token included when emitted)
+
+config.pbtxt ``parameters`` (all strings): ``base_model`` (HF directory, also the tokenizer and
+chat template), ``adapters`` (JSON ``{name: dir}``), ``base_name`` (default ``base``),
+``dtype`` (``auto``: float32 on CPU, bfloat16 on GPU), ``num_threads`` (torch CPU threads, 0:
+default), ``default_max_tokens``, ``max_model_len`` (0: ``max_position_embeddings``),
+``stop_tokens`` (JSON list of extra end-of-turn token strings). Relative paths are resolved
+against the model's directory in the repository.
+
+Batching: Triton's dynamic batcher hands ``execute`` several requests at once; their rows are
+grouped by (model, sampling settings) and each group runs as one left-padded batched
+``generate``. Greedy rows are independent of their batch mates, so a greedy answer does not
+depend on what else was in the batch (up to float rounding of the padded attention).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|end_of_turn|>", "<end_of_turn>")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+class RequestError(ValueError):
+    """A problem with one request (becomes INVALID_ARG, HTTP 400); ``param`` names the field."""
+
+    def __init__(self, param: str | None, message: str):
+        super().__init__(f"{param}: {message}" if param else message)
+        self.param = param
+
+
+@dataclass
+class Row:
+    messages: list
+    model: str
+    max_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    # filled in by ChatGenerator.prepare
+    prompt_ids: list = field(default_factory=list)
+    # results
+    text: str = ""
+    finish_reason: str = ""
+    completion_tokens: int = 0
+
+
+def parse_messages(raw) -> list[dict]:
+    """Validate OpenAI-style chat messages (JSON text or list) -> list of {role, content}."""
+    if isinstance(raw, (bytes, bytearray)):
+        raw = raw.decode("utf-8", errors="strict")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise RequestError("messages", f"not valid JSON ({e})") from None
+    if not isinstance(raw, list) or not raw:
+        raise RequestError("messages", "must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise RequestError("messages", f"messages[{i}] must be an object")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise RequestError("messages", f"messages[{i}].role must be one of {list(ROLES)}, got {role!r}")
+        if isinstance(content, list):  # OpenAI content parts: keep the text parts
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                raise RequestError("messages", f"messages[{i}].content: only text parts are supported")
+            content = "".join(str(p.get("text", "")) for p in content)
+        if not isinstance(content, str):
+            raise RequestError("messages", f"messages[{i}].content must be a string")
+        out.append({"role": "system" if role == "developer" else role, "content": content})
+    return out
+
+
+class ChatGenerator:
+    """Base weights loaded once; adapters attached with PEFT and switched per batch group."""
+
+    def __init__(self, base_model: str, adapters: dict[str, str] | None = None, *, base_name: str = "base",
+                 device: str = "cpu", dtype: str = "auto", num_threads: int = 0, default_max_tokens: int = 0,
+                 max_model_len: int = 0, stop_tokens: list[str] | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        for what, d in [("base_model", base_model), *((f"adapter {k!r}", v) for k, v in (adapters or {}).items())]:
+            if not os.path.isdir(d):
+                raise FileNotFoundError(f"{what} directory {d!r} does not exist")
+        if num_threads and num_threads > 0:
+            torch.set_num_threads(num_threads)
+        self.torch = torch
+        self.device = torch.device(device)
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"{base_model}: the tokenizer has no chat template")
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch_dtype, local_files_only=True)
+        model.to(self.device).eval()
+        self.base_name = base_name
+        self.adapters = dict(adapters or {})
+        if base_name in self.adapters:
+            raise ValueError(f"adapter name {base_name!r} clashes with the base model's name")
+        if self.adapters:
+            from peft import PeftModel
+
+            names = list(self.adapters)
+            model = PeftModel.from_pretrained(model, self.adapters[names[0]], adapter_name=names[0],
+                                              is_trainable=False)
+            for name in names[1:]:
+                model.load_adapter(self.adapters[name], adapter_name=name, is_trainable=False)
+            model.to(self.device).eval()
+        self.model = model
+
+        cfg = model.config if not self.adapters else model.get_base_model().config
+        self.context = int(max_model_len) if max_model_len and max_model_len > 0 else int(
+            getattr(cfg, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
+        self.default_max_tokens = int(default_max_tokens or 0)
+        self.stop_ids = self._stop_ids(model, stop_tokens or [])
+        if not self.stop_ids:
+            raise ValueError("no end-of-turn token: set the stop_tokens parameter")
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.stop_ids[0]
+
+    # ----------------------------------------------------------------------------------------
+    def _stop_ids(self, model, extra: list[str]) -> list[int]:
+        tok = self.tokenizer
+        ids: list[int] = []
+
+        def add(x):
+            if x is None:
+                return
+            for i in x if isinstance(x, (list, tuple)) else [x]:
+                if isinstance(i, int) and i >= 0 and i not in ids:
+                    ids.append(i)
+
+        add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+        add(tok.eos_token_id)
+        vocab = tok.get_vocab()
+        for t in (*END_OF_TURN_TOKENS, *extra):
+            if t in vocab:
+                add(vocab[t])
+            elif t in extra:
+                raise ValueError(f"stop token {t!r} is not in the tokenizer's vocabulary")
+        return ids
+
+    @property
+    def model_names(self) -> list[str]:
+        return [self.base_name, *self.adapters]
+
+    def render(self, messages: list[dict]) -> str:
+        """The served chat template applied with the generation prompt (as text)."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prepare(self, row: Row) -> None:
+        """Template + tokenize one row and check it against the context (RequestError if bad)."""
+        if row.model not in self.model_names:
+            raise RequestError("model", f"unknown model {row.model!r}; served: {self.model_names}")
+        if not (row.temperature >= 0 and row.temperature <= 2):
+            raise RequestError("temperature", f"must be in [0, 2], got {row.temperature}")
+        if not (row.top_p > 0 and row.top_p <= 1):
+            raise RequestError("top_p", f"must be in (0, 1], got {row.top_p}")
+        text = self.render(row.messages)
+        # the template already starts with BOS: no special tokens added (as in training)
+        row.prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        room = self.context - len(row.prompt_ids)
+        if room < 1:
+            raise RequestError("messages", f"the prompt has {len(row.prompt_ids)} tokens; the model's context "
+                                           f"is {self.context} tokens")
+        if row.max_tokens <= 0:
+            row.max_tokens = min(self.default_max_tokens, room) if self.default_max_tokens > 0 else room
+        elif row.max_tokens > room:
+            raise RequestError("max_tokens", f"max_tokens={row.max_tokens} is more than the {room} tokens left in "
+                                             f"the {self.context}-token context after the "
+                                             f"{len(row.prompt_ids)}-token prompt")
+
+    @staticmethod
+    def group_key(i: int, row: Row):
+        if row.temperature == 0:
+            return (row.model, "greedy")
+        if row.seed is not None:  # its own batch: same seed, same answer, whatever the traffic
+            return (row.model, "seeded", i)
+        return (row.model, "sample", row.temperature, row.top_p)
+
+    def generate(self, rows: list[Row]) -> None:
+        """Fill text/finish_reason/completion_tokens of prepared rows, batched per group."""
+        groups: dict = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(self.group_key(i, row), []).append(row)
+        for key, group in groups.items():
+            self._generate_group(group)
+
+    def _generate_group(self, group: list[Row]) -> None:
+        torch = self.torch
+        from transformers import GenerationConfig
+
+        first = group[0]
+        width = max(len(r.prompt_ids) for r in group)
+        ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for j, r in enumerate(group):  # left padding
+            ids[j, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            mask[j, width - len(r.prompt_ids):] = 1
+        greedy = first.temperature == 0
+        gen = GenerationConfig(
+            max_new_tokens=max(r.max_tokens for r in group),
+            do_sample=not greedy,
+            temperature=None if greedy else float(first.temperature),
+            # explicit values for sampling: a model's generation_config defaults (e.g. Llama's
+            # top_p=0.9) must not leak into OpenAI semantics (no top-k, top_p as asked)
+            top_p=None if greedy else float(first.top_p),
+            top_k=None if greedy else 0,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            num_beams=1,
+        )
+        if first.seed is not None and not greedy:
+            torch.manual_seed(int(first.seed))
+        with torch.inference_mode(), self._adapter(first.model):
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      generation_config=gen)
+        new = out[:, width:].tolist()
+        stops = set(self.stop_ids)
+        for r, toks in zip(group, new):
+            toks = toks[: r.max_tokens]
+            end = next((k for k, t in enumerate(toks) if t in stops), None)
+            if end is None:
+                r.finish_reason, r.completion_tokens, body = "length", len(toks), toks
+            else:
+                r.finish_reason, r.completion_tokens, body = "stop", end + 1, toks[:end]
+            r.text = self.tokenizer.decode(body, skip_special_tokens=True)
+
+    def _adapter(self, name: str):
+        import contextlib
+
+        if not self.adapters:
+            return contextlib.nullcontext()
+        if name == self.base_name:
+            return self.model.disable_adapter()
+        self.model.set_adapter(name)
+        return contextlib.nullcontext()
+
+
+# ============================================================================================
+# Triton glue (only imported inside the Python-backend stub)
+# ============================================================================================
+def _param(params: dict, key: str, default: str = "") -> str:
+    value = params.get(key, {}).get("string_value", default)
+    return default if value is None or value == "" else value
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import numpy as np
+        import triton_python_backend_utils as pb_utils
+
+        self.np, self.pb = np, pb_utils
+        config = json.loads(args["model_config"])
+        params = config.get("parameters", {})
+        here = os.path.join(args["model_repository"])
+
+        def path(p):
+            return p if os.path.isabs(p) else os.path.normpath(os.path.join(here, p))
+
+        adapters = {k: path(v) for k, v in json.loads(_param(params, "adapters", "{}")).items()}
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"
+        else:
+            device = "cpu"
+        self.generator = ChatGenerator(
+            path(_param(params, "base_model")),
+            adapters,
+            base_name=_param(params, "base_name", "base"),
+            device=device,
+            dtype=_param(params, "dtype", "auto"),
+            num_threads=int(_param(params, "num_threads", "0")),
+            default_max_tokens=int(_param(params, "default_max_tokens", "0")),
+            max_model_len=int(_param(params, "max_model_len", "0")),
+            stop_tokens=json.loads(_param(params, "stop_tokens", "[]")),
+        )
+        g = self.generator
+        print(f"[reasonflow] {args['model_name']}: models {g.model_names} on {device}, context {g.context}, "
+              f"stop ids {g.stop_ids}", flush=True)
+
+    def _rows(self, request) -> list[Row]:
+        pb, np = self.pb, self.np
+
+        def col(name, required=True):
+            t = pb.get_input_tensor_by_name(request, name)
+            if t is None:
+                if required:
+                    raise RequestError(name, "missing input")
+                return None
+            return t.as_numpy().reshape(-1)
+
+        messages, models = col("messages"), col("model")
+        n = len(messages)
+        if len(models) != n:
+            raise RequestError("model", "needs one value per row of messages")
+        extra = {k: col(k, required=False) for k in ("max_tokens", "temperature", "top_p", "seed")}
+        for k, v in extra.items():
+            if v is not None and len(v) != n:
+                raise RequestError(k, "needs one value per row of messages")
+        rows = []
+        for i in range(n):
+            model = models[i].decode("utf-8") if isinstance(models[i], bytes) else str(models[i])
+            row = Row(messages=parse_messages(messages[i]), model=model)
+            if extra["max_tokens"] is not None:
+                row.max_tokens = int(extra["max_tokens"][i])
+            if extra["temperature"] is not None:
+                row.temperature = float(extra["temperature"][i])
+            if extra["top_p"] is not None:
+                row.top_p = float(extra["top_p"][i])
+            if extra["seed"] is not None:
+                row.seed = int(extra["seed"][i])
+            if not np.isfinite(row.temperature) or not np.isfinite(row.top_p):
+                raise RequestError("temperature", "temperature and top_p must be finite")
+            self.generator.prepare(row)
+            rows.append(row)
+        return rows
+
+    def execute(self, requests):
+        pb, np = self.pb, self.np
+        parsed: list = []
+        for request in requests:
+            try:
+                parsed.append(self._rows(request))
+            except RequestError as e:
+                parsed.append(pb.TritonError(str(e), pb.TritonError.INVALID_ARG))
+            except Exception as e:  # noqa: BLE001 - one bad request must not fail its batch mates
+                parsed.append(pb.TritonError(f"{type(e).__name__}: {e}", pb.TritonError.INVALID_ARG))
+        good = [r for rows in parsed if isinstance(rows, list) for r in rows]
+        failure = None
+        if good:
+            try:
+                self.generator.generate(good)
+            except Exception as e:  # noqa: BLE001
+                failure = pb.TritonError(f"generation failed: {type(e).__name__}: {e}", pb.TritonError.INTERNAL)
+        responses = []
+        for rows in parsed:
+            if not isinstance(rows, list):
+                responses.append(pb.InferenceResponse(output_tensors=[], error=rows))
+            elif failure is not None:
+                responses.append(pb.InferenceResponse(output_tensors=[], error=failure))
+            else:
+                responses.append(pb.InferenceResponse(output_tensors=[
+                    pb.Tensor("text", np.array([[r.text.encode("utf-8")] for r in rows], dtype=np.object_)),
+                    pb.Tensor("finish_reason", np.array([[r.finish_reason.encode()] for r in rows],
+                                                        dtype=np.object_)),
+                    pb.Tensor("prompt_tokens", np.array([[len(r.prompt_ids)] for r in rows], dtype=np.int32)),
+                    pb.Tensor("completion_tokens", np.array([[r.completion_tokens] for r in rows],
+                                                            dtype=np.int32)),
+                ]))
+        return responses
+
+    def finalize(self):
+        self.generator = None

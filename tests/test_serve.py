@@ -1,0 +1,362 @@
+"""Serving: a REAL Triton server (Python backend, base + LoRA adapter) behind the OpenAI front end.
+
+Needs the serving venv `.venv-serve` (built from requirements/serve.lock, see the Makefile).
+One server is started for the module on the tiny demo model and an adapter trained here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import requests
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SYSTEM = "detailed thinking off"
+SAME_LENGTH_QUESTIONS = [f"Question {i}?" for i in range(4)]  # equal token counts: no padding in batches
+
+
+def _messages(question, system=SYSTEM):
+    msgs = [{"role": "user", "content": question}]
+    return ([{"role": "system", "content": system}] if system is not None else []) + msgs
+
+
+@pytest.fixture(scope="module")
+def serve_env():
+    from reasonflow.serve.triton import TritonError, serve_env
+
+    try:
+        return serve_env(str(REPO / ".venv-serve"))
+    except TritonError as e:
+        pytest.fail(f"serving venv unusable: {e}\n(`make test` builds .venv-serve from requirements/serve.lock)")
+
+
+@pytest.fixture(scope="module")
+def tok(demo_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(demo_dir / "model")
+
+
+@pytest.fixture(scope="module")
+def adapter(demo_dir, tok, tmp_path_factory):
+    """A LoRA adapter trained on the demo model to answer "The answer is N." (~10 s)."""
+    tmp = tmp_path_factory.mktemp("adapter")
+    rows = [{"input": tok.apply_chat_template(_messages(f"Question {i}?"), tokenize=False, add_generation_prompt=True),
+             "output": f"The answer is {i % 3}.<|eot_id|>"} for i in range(16)]
+    (tmp / "training.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {"max_steps": 20, "global_batch_size": 8, "lr": 5e-3, "max_length": 512, "lora_rank": 8,
+                "lora_alpha": 16}
+    out = subprocess.run(
+        [sys.executable, "-m", "reasonflow.train", "--base", str(demo_dir / "model"), "--training",
+         str(tmp / "training.jsonl"), "--settings", json.dumps(settings), "--out", str(tmp / "train")],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp / "train" / "adapter"
+
+
+@pytest.fixture(scope="module")
+def repos(demo_dir, adapter, tmp_path_factory):
+    from reasonflow.serve.repository import deploy
+
+    tmp = tmp_path_factory.mktemp("repos")
+    settings = {"name": "reasonflow", "max_batch_size": 16, "max_queue_delay_us": 50_000, "num_threads": 1}
+    out = deploy(demo_dir / "model", adapter, tmp / "triton", tmp / "vllm", settings)
+    return {"triton": tmp / "triton", "vllm": tmp / "vllm", **{f"{k}_model": v for k, v in out.items()}}
+
+
+@pytest.fixture(scope="module")
+def server(serve_env, repos, tmp_path_factory):
+    from reasonflow.serve import serving
+
+    log_dir = tmp_path_factory.mktemp("serve_logs")
+    t0 = time.monotonic()
+    with serving(repos["triton"], log_dir, serve_venv=str(serve_env.venv), ready_timeout=120) as url:
+        url.startup_s = time.monotonic() - t0
+        yield url
+    # nothing left running: the server's process is gone and its port closed
+    with pytest.raises(ProcessLookupError):
+        os.kill(url.triton_pid, 0)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url.triton_url}/v2/health/live", timeout=2)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server, api_key="unused", max_retries=0, timeout=120)
+
+
+def _chat(client, model, question, max_tokens=16, system=SYSTEM, **kw):
+    return client.chat.completions.create(model=model, messages=_messages(question, system), max_tokens=max_tokens,
+                                          temperature=kw.pop("temperature", 0), **kw)
+
+
+def _triton_stats(server) -> dict:
+    # urllib sends "Connection: close": a kept-alive connection would delay Triton's shutdown
+    with urllib.request.urlopen(f"{server.triton_url}/v2/models/{server.triton_model}/stats", timeout=10) as r:
+        return json.loads(r.read())["model_stats"][0]
+
+
+# --------------------------------------------------------------------------------------------- basics
+def test_models_listed_and_both_answer(server, client):
+    assert server.startswith("http://127.0.0.1:") and server.endswith("/v1")
+    assert [m.id for m in client.models.list().data] == ["base", "lora"]
+    for model in ("base", "lora"):
+        r = _chat(client, model, "Question 1?")
+        assert r.model == model and r.object == "chat.completion"
+        choice = r.choices[0]
+        assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+        assert choice.finish_reason in ("stop", "length")
+        assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+        assert 1 <= r.usage.completion_tokens <= 16
+        if choice.finish_reason == "length":
+            assert r.usage.completion_tokens == 16
+    # the trained adapter learned to stop: end-of-turn ends the answer (and is not in the text)
+    r = _chat(client, "lora", "Question 1?", max_tokens=32)
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content.startswith("The answer is")
+    assert "<|eot_id|>" not in r.choices[0].message.content
+    # same request with too few tokens: cut, "length"
+    short = _chat(client, "lora", "Question 1?", max_tokens=2)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
+    assert r.choices[0].message.content.startswith(short.choices[0].message.content)
+
+
+def test_system_prompt_reaches_the_template(client, tok):
+    """usage.prompt_tokens is the served tokenizer's count of the templated prompt incl. the system text."""
+    counts = {}
+    for system in (None, "short", "a much longer system prompt " * 8):
+        msgs = _messages("Question 1?", system)
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        expected = len(tok(text, add_special_tokens=False)["input_ids"])
+        r = client.chat.completions.create(model="base", messages=msgs, max_tokens=1, temperature=0)
+        assert r.usage.prompt_tokens == expected
+        counts[system] = expected
+    assert counts[None] < counts["short"] < counts["a much longer system prompt " * 8]
+
+
+def test_sampling_seeded_and_reproducible(client):
+    a = _chat(client, "base", "Question 2?", temperature=1.0, top_p=0.9, seed=1234)
+    b = _chat(client, "base", "Question 2?", temperature=1.0, top_p=0.9, seed=1234)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    outs = {_chat(client, "base", "Question 2?", temperature=1.5, seed=s).choices[0].message.content for s in range(3)}
+    assert len(outs) > 1  # the seed matters
+
+
+# --------------------------------------------------------------------------------------------- errors
+def test_bad_requests_are_4xx_and_the_server_keeps_serving(server, client):
+    import openai
+
+    url = f"{server}/chat/completions"
+    good = {"model": "base", "messages": _messages("Question 1?"), "max_tokens": 4, "temperature": 0}
+    cases = [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        ({**good, "messages": []}, 400, "messages"),
+        ({**good, "messages": "hello"}, 400, "messages"),
+        ({**good, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages"),
+        ({**good, "messages": [{"role": "user", "content": 42}]}, 400, "messages"),
+        ({k: v for k, v in good.items() if k != "messages"}, 400, "messages"),
+        ({**good, "model": "gpt-17"}, 404, "model"),
+        ({k: v for k, v in good.items() if k != "model"}, 400, "model"),
+        ({**good, "max_tokens": 0}, 400, "max_tokens"),
+        ({**good, "max_tokens": -3}, 400, "max_tokens"),
+        ({**good, "max_tokens": "many"}, 400, "max_tokens"),
+        ({**good, "max_tokens": 10**6}, 400, "max_tokens"),  # beyond the 8192-token context
+        ({**good, "max_tokens": 8192 - 20}, 400, "max_tokens"),  # context minus a ~67-token prompt
+        ({**good, "temperature": 5}, 400, "temperature"),
+        ({**good, "top_p": 0}, 400, "top_p"),
+        ({**good, "stream": True}, 400, "stream"),
+    ]
+    for body, status, param in cases:
+        kw = {"data": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) else {
+            "json": body}
+        r = requests.post(url, timeout=30, **kw)
+        assert r.status_code == status, (body, r.text)
+        err = r.json()["error"]
+        assert err["message"] and err["type"] == "invalid_request_error" and err["param"] == param, (body, err)
+    assert requests.get(f"{server}/nowhere", timeout=10).status_code == 404
+    assert requests.post(f"{server}/completions", json=good, timeout=10).status_code == 404
+    # one token past the limit (prompt + max_tokens = context + 1)
+    prompt = requests.post(url, json=good, timeout=30).json()["usage"]["prompt_tokens"]
+    r = requests.post(url, json={**good, "max_tokens": 8192 - prompt + 1}, timeout=30)
+    assert r.status_code == 400 and "context" in r.json()["error"]["message"]
+    # the official client raises typed errors
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=_messages("hi"), max_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="lora", messages=[], max_tokens=2)
+    # ... and the server still answers
+    r = _chat(client, "lora", "Question 1?")
+    assert r.choices[0].message.content
+    assert requests.get(f"{server.rsplit('/v1', 1)[0]}/health", timeout=10).json() == {"status": "ok"}
+
+
+# --------------------------------------------------------------------------------------------- batching
+def test_concurrent_requests_are_batched_and_answers_match_solo(server, client):
+    solo = {(m, q): _chat(client, m, q).choices[0].message.content
+            for m in ("base", "lora") for q in SAME_LENGTH_QUESTIONS}
+    before = _triton_stats(server)
+    jobs = [(("base", "lora")[i % 2], SAME_LENGTH_QUESTIONS[(i // 2) % 4]) for i in range(32)]
+    t0 = time.monotonic()
+    with cf.ThreadPoolExecutor(32) as ex:
+        results = list(ex.map(lambda job: _chat(client, *job), jobs))
+    elapsed = time.monotonic() - t0
+    assert len(results) == 32
+    for job, r in zip(jobs, results):  # mixed base/adapter batches: per-request adapter switching
+        assert r.choices[0].message.content == solo[job], job
+    after = _triton_stats(server)
+    inferences = int(after["inference_count"]) - int(before["inference_count"])
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    assert inferences == 32
+    assert executions < inferences, (executions, inferences)  # the dynamic batcher merged requests
+    assert max(int(b["batch_size"]) for b in after["batch_stats"]) > 1
+    print(f"32 concurrent requests in {elapsed:.2f} s, {executions} executions")
+
+
+# --------------------------------------------------------------------------------------------- adapter
+def test_adapter_greedy_equals_in_process_peft(client, demo_dir, adapter, tok):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    max_tokens = 24
+    msgs = _messages("Question 2?")
+    served = {m: _chat(client, m, "Question 2?", max_tokens=max_tokens) for m in ("base", "lora")}
+    assert served["lora"].choices[0].message.content != served["base"].choices[0].message.content
+
+    prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    torch.manual_seed(0)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_dir / "model"), str(adapter)).eval()
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                             do_sample=False, eos_token_id=eot, pad_token_id=tok.pad_token_id)
+    new = out[0, ids.shape[1]:].tolist()
+    body = new[: new.index(eot)] if eot in new else new
+    expected = tok.decode(body, skip_special_tokens=True)
+    got = served["lora"]
+    assert got.choices[0].message.content == expected
+    assert got.usage.prompt_tokens == ids.shape[1]
+    assert got.choices[0].finish_reason == ("stop" if eot in new else "length")
+    assert got.usage.completion_tokens == len(body) + (eot in new)
+
+
+# --------------------------------------------------------------------------------------------- repositories
+PARSE_PBTXT = r"""
+import json, sys
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+out = {}
+for path in sys.argv[1:]:
+    cfg = text_format.Parse(open(path).read(), model_config_pb2.ModelConfig())
+    out[path] = json_format.MessageToDict(cfg, preserving_proto_field_name=True)
+print(json.dumps(out))
+"""
+
+
+def test_config_pbtxt_parses_with_tritons_schema(serve_env, repos, demo_dir, adapter):
+    triton_cfg = repos["triton_model"] / "config.pbtxt"
+    vllm_cfg = repos["vllm_model"] / "config.pbtxt"
+    out = subprocess.run([serve_env.python, "-c", PARSE_PBTXT, str(triton_cfg), str(vllm_cfg)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    parsed = json.loads(out.stdout)
+    cfg = parsed[str(triton_cfg)]
+    assert cfg["name"] == "reasonflow" and cfg["backend"] == "python" and cfg["max_batch_size"] == 16
+    assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == "50000"
+    assert cfg["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16]
+    assert cfg["instance_group"][0]["kind"] == "KIND_CPU"
+    assert {i["name"]: i["data_type"] for i in cfg["input"]} == {
+        "messages": "TYPE_STRING", "model": "TYPE_STRING", "max_tokens": "TYPE_INT32", "temperature": "TYPE_FP32",
+        "top_p": "TYPE_FP32", "seed": "TYPE_INT64"}
+    assert {o["name"] for o in cfg["output"]} == {"text", "finish_reason", "prompt_tokens", "completion_tokens"}
+    params = {k: v["string_value"] for k, v in cfg["parameters"].items()}
+    assert params["base_model"] == str((demo_dir / "model").resolve())
+    assert json.loads(params["adapters"]) == {"lora": str(adapter.resolve())}
+    assert (repos["triton_model"] / "1" / "model.py").read_text().count("class TritonPythonModel") == 1
+    vcfg = parsed[str(vllm_cfg)]
+    assert vcfg["backend"] == "vllm" and vcfg["instance_group"][0]["kind"] == "KIND_MODEL"
+
+
+def test_gpu_instance_config(tmp_path, demo_dir, adapter):
+    from reasonflow.serve.repository import write_triton_repo
+
+    d = write_triton_repo(demo_dir / "model", adapter, tmp_path, name="m", instance_kind="KIND_GPU", gpus=[0, 1],
+                          instance_count=2, max_batch_size=8)
+    text = (d / "config.pbtxt").read_text()
+    assert "{ count: 2 kind: KIND_GPU gpus: [ 0, 1 ] }" in text and "preferred_batch_size: [ 4, 8 ]" in text
+    with pytest.raises(ValueError):
+        write_triton_repo(demo_dir / "model", adapter, tmp_path, instance_kind="KIND_TPU")
+    with pytest.raises(FileNotFoundError):
+        write_triton_repo(demo_dir / "model", tmp_path / "no-adapter", tmp_path)
+
+
+def test_vllm_repo_json(repos, demo_dir, adapter):
+    d = repos["vllm_model"]
+    assert d.name == "reasonflow_vllm"
+    engine = json.loads((d / "1" / "model.json").read_text())
+    loras = json.loads((d / "1" / "multi_lora.json").read_text())
+    assert engine["model"] == str((demo_dir / "model").resolve()) and (demo_dir / "model" / "config.json").is_file()
+    assert engine["enable_lora"] is True
+    rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
+    assert isinstance(engine["max_lora_rank"], int) and engine["max_lora_rank"] >= rank
+    assert engine["max_loras"] >= len(loras) == 1
+    assert 0 < engine["gpu_memory_utilization"] <= 1
+    assert loras == {"lora": str(adapter.resolve())}
+    assert all(os.path.isfile(os.path.join(p, "adapter_config.json")) for p in loras.values())
+
+
+# --------------------------------------------------------------------------------------------- launcher
+def test_apptainer_command(repos, demo_dir, adapter):
+    from reasonflow.serve.triton import TritonServer
+
+    srv = TritonServer(repos["triton"], "/tmp/unused.log", launcher="apptainer", image="/images/tritonserver.sif",
+                       http_port=8100, grpc_port=8101, metrics_port=8102, binds=["/scratch:/scratch"])
+    cmd = srv.command()
+    repo, base, ad = str(repos["triton"].resolve()), str((demo_dir / "model").resolve()), str(adapter.resolve())
+    i_image = cmd.index("/images/tritonserver.sif")
+    assert cmd[:3] == ["apptainer", "exec", "--nv"] and cmd[i_image + 1] == "tritonserver"
+    binds = [cmd[i + 1] for i in range(3, i_image) if cmd[i] == "--bind"]
+    assert binds == [f"{repo}:{repo}", f"{base}:{base}", f"{ad}:{ad}", "/scratch:/scratch"]
+    args = cmd[i_image + 2:]
+
+    def arg(flag):
+        return args[args.index(flag) + 1]
+
+    assert arg("--model-repository") == repo
+    assert (arg("--http-address"), arg("--http-port")) == ("127.0.0.1", "8100")
+    assert (arg("--grpc-address"), arg("--grpc-port")) == ("127.0.0.1", "8101")
+    assert (arg("--metrics-address"), arg("--metrics-port")) == ("127.0.0.1", "8102")
+    assert "--backend-directory" not in args  # the image's own backends
+    with pytest.raises(ValueError):
+        TritonServer(repos["triton"], "/tmp/unused.log", launcher="apptainer")
+
+
+def test_failed_start_is_reported_and_cleaned_up(serve_env, tmp_path, demo_dir, adapter):
+    """A model that cannot load: a clear error with the server log's tail, and no process left."""
+    from reasonflow.serve.triton import TritonError, TritonServer
+    from reasonflow.serve.repository import write_triton_repo
+
+    d = write_triton_repo(demo_dir / "model", adapter, tmp_path / "repo", name="broken")
+    cfg = d / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace(str((demo_dir / "model").resolve()), "/nonexistent/model"))
+    srv = TritonServer(tmp_path / "repo", tmp_path / "log" / "triton.log", serve_venv=str(serve_env.venv),
+                       ready_timeout=60)
+    with pytest.raises(TritonError) as err:
+        with srv:
+            pass
+    assert "/nonexistent/model" in str(err.value) and "exited" in str(err.value)
+    assert srv.proc is None and srv._runtime is None
+    assert "/nonexistent/model" in (tmp_path / "log" / "triton.log").read_text()
