@@ -46,8 +46,9 @@ fixtures: $(FIXTURES)
 
 demo: env $(FIXTURES)
 	$(SNAKEMAKE) --configfile config/demo.yaml
+	$(BIN)/snakemake --configfile config/demo.yaml --report results/report.html
 	@echo
-	@echo "Demo finished. Results:"
+	@echo "Demo finished. Report: results/report.html   Results:"
 	@echo "  curated shards:   results/curation/curated/<file>/<shard>.{kept,dropped,rejects}.jsonl"
 	@echo "  per-shard stats:  results/curation/curated/<file>/<shard>.stats.json"
 	@echo "  funnel:           results/curation/summary.json, results/curation/funnel.csv"
