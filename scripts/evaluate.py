@@ -1,9 +1,19 @@
 """Snakemake entry point: one (model, benchmark, mode) against an OpenAI-compatible endpoint.
 
-The endpoint's base URL is an argument of :func:`run`. Until the serving rule is wired in,
-``main`` takes it from ``params.url``; otherwise it starts the server itself with
-``reasonflow.serve.serving(**params.serve)`` and evaluates inside that block.
+input:  jsonl, meta (from eval_prep); triton (the deploy rule's Triton repository root) unless
+        params.url is given; optional model (weights whose change must invalidate the cache)
+output: csv (per-item results), run (JSON: settings, counts, throughput)
+params: model (label: base | adapter), served_model (OpenAI model id: base | lora), benchmark, mode
+        (on | off), settings (EvalSettings keys + temperature/top_p/max_tokens/seed), cache (the
+        resumable JSONL; NOT an output, so it survives a failed job), optional url (an endpoint
+        already running: then nothing is started), optional serve (kwargs of
+        reasonflow.serve.serving, e.g. serve_venv, ready_timeout, launcher, image; log_dir)
+
+The endpoint's base URL is an argument of :func:`run`; ``main`` gets it from ``params.url`` or by
+starting Triton + the OpenAI front end on ``input.triton`` for the duration of the job.
 """
+
+from pathlib import Path
 
 from reasonflow.evaluate.job import EvalSettings, evaluate, model_fingerprint
 from reasonflow.smk import log_to
@@ -11,7 +21,7 @@ from reasonflow.smk import log_to
 
 def run(smk, base_url: str) -> dict:
     p = smk.params
-    model_files = list(smk.input.model) if hasattr(smk.input, "model") else []
+    weights = [str(x) for key in ("model", "triton") if hasattr(smk.input, key) for x in _as_list(getattr(smk.input, key))]
     return evaluate(
         base_url,
         smk.input.jsonl,
@@ -24,8 +34,12 @@ def run(smk, base_url: str) -> dict:
         settings=EvalSettings.from_config(p.settings),
         cache_path=p.cache,
         out_run_json=smk.output.get("run"),
-        model_fingerprint=p.get("model_fingerprint") or (model_fingerprint(model_files) if model_files else ""),
+        model_fingerprint=p.get("model_fingerprint") or (model_fingerprint(weights) if weights else ""),
     )
+
+
+def _as_list(x):
+    return [x] if isinstance(x, str) else list(x)
 
 
 def main() -> None:
@@ -34,9 +48,11 @@ def main() -> None:
     if url:
         result = run(snakemake, url)
     else:
-        from reasonflow.serve import serving  # the serving stage (Triton + OpenAI-compatible proxy)
+        from reasonflow.serve import serving  # Triton + the OpenAI-compatible front end
 
-        with serving(**snakemake.params.serve) as url:
+        serve = dict(snakemake.params.get("serve") or {})
+        log_dir = serve.pop("log_dir", None) or str(Path(snakemake.log[0]).with_suffix("")) + "_serve"
+        with serving(snakemake.input.triton, log_dir, **serve) as url:
             result = run(snakemake, url)
     print(f"accuracy {result['accuracy']:.4f}, no answer {result['no_answer_rate']:.4f}; {result['stats']}")
 

@@ -469,25 +469,27 @@ def _write_items(tmp: Path, items) -> tuple[Path, Path]:
     return out, meta
 
 
-def _kill_and_resume(tmp: Path, url: str, items, settings: dict, min_lines: int, concurrency: int = 2):
+def _kill_and_resume(tmp: Path, url: str, items, settings: dict, min_lines: int, concurrency: int = 2, model="m"):
     """Run the CLI client in a subprocess, SIGKILL it once ``min_lines`` answers are cached, rerun it."""
     items_path, meta = _write_items(tmp, items)
     cache = tmp / "cache.jsonl"
     cmd = [PY, "-m", "reasonflow.evaluate", "run", "--url", url, "--items", str(items_path), "--meta", str(meta),
-           "--out", str(tmp / "out.csv"), "--cache", str(cache), "--model", "m", "--benchmark", "t",
+           "--out", str(tmp / "out.csv"), "--cache", str(cache), "--model", model, "--benchmark", "t",
            "--mode", "on", "--no-progress", "--settings", json.dumps({"concurrency": concurrency, **settings})]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    err = open(tmp / "client.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             if cache.is_file() and cache.read_bytes().count(b"\n") >= min_lines:
                 break
             time.sleep(0.02)
-        assert proc.poll() is None, "the client finished before it could be killed"
+        assert proc.poll() is None, "the client ended before it could be killed: " + (tmp / "client.log").read_text()[-2000:]
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
+        err.close()
     before = cache.read_bytes()
     done_before = [(r["id"], r["repeat"]) for r in map(json.loads, before.decode().splitlines()) if r]
     assert min_lines <= len(done_before) < len(items)
@@ -571,20 +573,30 @@ def test_transport_snakemake_scripts_chain(tmp_path, eval_src):
 
 
 @pytest.fixture(scope="module")
-def openai_url(demo_dir, tmp_path_factory):
-    """Base URL (``.../v1``) of the real stack -- Triton + the OpenAI front end -- on the demo model."""
+def triton_repo(demo_dir, tmp_path_factory):
+    """A Triton repository (reasonflow.serve) of the demo base model, served as "base"; skips without one."""
     serve = pytest.importorskip("reasonflow.serve")
     if not hasattr(serve, "serving"):
         pytest.skip("reasonflow.serve.serving is not there yet")
     from reasonflow.serve.triton import TritonError, serve_env
 
     try:
-        serve_env()
+        env = serve_env(str(REPO / ".venv-serve"))
     except TritonError as exc:
         pytest.skip(f"no Triton serving environment: {exc}")
     tmp = tmp_path_factory.mktemp("serve")
-    serve.write_triton_repo(demo_dir / "model", None, tmp / "repo")  # base model only, served as "base"
-    with serve.serving(tmp / "repo", tmp / "logs") as url:
+    # one CPU thread for the model (the machine is shared)
+    serve.write_triton_repo(demo_dir / "model", None, tmp / "repo", max_batch_size=16, num_threads=1)
+    return {"repo": tmp / "repo", "serve_venv": str(env.venv)}
+
+
+@pytest.fixture(scope="module")
+def openai_url(triton_repo, tmp_path_factory):
+    """Base URL (``.../v1``) of the real stack -- Triton + the OpenAI front end -- on the demo model."""
+    from reasonflow.serve import serving
+
+    logs = tmp_path_factory.mktemp("serve_logs")
+    with serving(triton_repo["repo"], logs, serve_venv=triton_repo["serve_venv"], ready_timeout=180) as url:
         yield url
 
 
@@ -607,4 +619,23 @@ def test_endpoint_end_to_end_on_the_demo_model(openai_url, tmp_path, eval_src):
 @pytest.mark.slow
 def test_endpoint_kill_and_resume(openai_url, tmp_path):
     # counted through the cache: after the rerun every (id, repeat) appears once, the pre-kill lines a prefix
-    _kill_and_resume(tmp_path, openai_url, _items(24), {"max_tokens": 32}, min_lines=4)
+    _kill_and_resume(tmp_path, openai_url, _items(40), {"max_tokens": 64, "temperature": 1.0}, min_lines=4,
+                     model="base")
+
+
+@pytest.mark.slow
+def test_endpoint_evaluate_script_starts_the_server(triton_repo, tmp_path, eval_src):
+    d = tmp_path
+    _prep(d, "gpqa_main", eval_src / "gpqa" / "gpqa_main.csv")
+    log = _script("evaluate.py", input={"jsonl": f"{d}/gpqa_main.jsonl", "meta": f"{d}/gpqa_main.json",
+                                        "triton": str(triton_repo["repo"])},
+                  output={"csv": f"{d}/out.csv", "run": f"{d}/run.json"},
+                  params={"model": "base", "served_model": "base", "benchmark": "gpqa_main", "mode": "off",
+                          "settings": {"concurrency": 8, "max_tokens": 16, "limit": 8}, "cache": f"{d}/cache.jsonl",
+                          "serve": {"serve_venv": triton_repo["serve_venv"], "ready_timeout": 180,
+                                    "log_dir": f"{d}/serve_logs"}},
+                  log={"log": f"{d}/evaluate.log"})
+    assert "accuracy" in log and (d / "serve_logs" / "tritonserver.log").is_file()
+    run = json.loads((d / "run.json").read_text())
+    assert run["stats"]["asked"] == 8 and run["model_fingerprint"]
+    assert len(pd.read_csv(d / "out.csv")) == 8

@@ -16,7 +16,6 @@ import urllib.request
 
 import pytest
 import requests
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -213,7 +212,7 @@ def test_concurrent_requests_are_batched_and_answers_match_solo(server, client):
         results = list(ex.map(lambda job: _chat(client, *job), jobs))
     elapsed = time.monotonic() - t0
     assert len(results) == 32
-    for job, r in zip(jobs, results):  # mixed base/adapter batches: per-request adapter switching
+    for job, r in zip(jobs, results, strict=True):  # mixed base/adapter batches: per-request adapter switching
         assert r.choices[0].message.content == solo[job], job
     after = _triton_stats(server)
     inferences = int(after["inference_count"]) - int(before["inference_count"])
@@ -301,6 +300,10 @@ def test_gpu_instance_config(tmp_path, demo_dir, adapter):
         write_triton_repo(demo_dir / "model", adapter, tmp_path, instance_kind="KIND_TPU")
     with pytest.raises(FileNotFoundError):
         write_triton_repo(demo_dir / "model", tmp_path / "no-adapter", tmp_path)
+    from reasonflow.serve.repository import deploy
+
+    with pytest.raises(ValueError, match="max_batch"):
+        deploy(demo_dir / "model", adapter, tmp_path / "t", None, {"max_batch": 4})
 
 
 def test_vllm_repo_json(repos, demo_dir, adapter):
@@ -346,8 +349,8 @@ def test_apptainer_command(repos, demo_dir, adapter):
 
 def test_failed_start_is_reported_and_cleaned_up(serve_env, tmp_path, demo_dir, adapter):
     """A model that cannot load: a clear error with the server log's tail, and no process left."""
-    from reasonflow.serve.triton import TritonError, TritonServer
     from reasonflow.serve.repository import write_triton_repo
+    from reasonflow.serve.triton import TritonError, TritonServer
 
     d = write_triton_repo(demo_dir / "model", adapter, tmp_path / "repo", name="broken")
     cfg = d / "config.pbtxt"
@@ -360,3 +363,105 @@ def test_failed_start_is_reported_and_cleaned_up(serve_env, tmp_path, demo_dir, 
     assert "/nonexistent/model" in str(err.value) and "exited" in str(err.value)
     assert srv.proc is None and srv._runtime is None
     assert "/nonexistent/model" in (tmp_path / "log" / "triton.log").read_text()
+
+
+# --------------------------------------------------------------------------------------------- lifecycle
+FAKE_SERVER = r"""
+import http.server, signal, sys, time
+port, mode = int(sys.argv[1]), sys.argv[2]
+if mode == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if mode == "slow":
+    time.sleep(60)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a):
+        pass
+print("fake tritonserver up", flush=True)
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def _fake_triton(tmp_path, mode, **kw):
+    from reasonflow.serve.triton import TritonServer
+
+    class FakeTriton(TritonServer):
+        def command(self, backend_dir=None):
+            return [sys.executable, "-c", FAKE_SERVER, str(self.http_port), mode]
+
+        def environment(self):
+            return dict(os.environ)
+
+        def _prepare_backends(self):
+            pass
+
+    return FakeTriton(tmp_path, tmp_path / "fake.log", **kw)
+
+
+def _gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_server_stops_on_exceptions_and_is_killed_after_grace(tmp_path):
+    srv = _fake_triton(tmp_path, "ok", grace=5)
+    with pytest.raises(RuntimeError, match="boom"):
+        with srv:
+            pid = srv.proc.pid
+            assert srv.ready()
+            raise RuntimeError("boom")
+    assert srv.proc is None and _gone(pid)
+
+    srv = _fake_triton(tmp_path, "stubborn", grace=1)  # ignores SIGTERM: SIGKILL after the grace period
+    srv.start()
+    pid, t0 = srv.proc.pid, time.monotonic()
+    srv.stop()
+    assert _gone(pid) and 0.9 < time.monotonic() - t0 < 5
+    assert "fake tritonserver up" in (tmp_path / "fake.log").read_text()
+
+
+def test_ready_timeout_is_a_clear_error(tmp_path):
+    from reasonflow.serve.triton import TritonError
+
+    srv = _fake_triton(tmp_path, "slow", ready_timeout=1.5, grace=1)
+    t0 = time.monotonic()
+    with pytest.raises(TritonError, match=r"not ready after 2 s; log .*fake.log"):
+        srv.start()
+    assert time.monotonic() - t0 < 10 and srv.proc is None
+
+
+# --------------------------------------------------------------------------------------------- deploy rule
+def test_deploy_script_under_snakemake(tmp_path, demo_dir, adapter):
+    """scripts/deploy.py as the deploy rule runs it (a stand-alone Snakefile with the same shape)."""
+    from conftest import BIN
+
+    (tmp_path / "Snakefile").write_text(f'''
+rule deploy:
+    input:
+        base="{demo_dir / "model"}",
+        adapter="{adapter}",
+    output:
+        triton=directory("serve/triton_repo"),
+        vllm=directory("serve/vllm_repo"),
+    log:
+        "logs/deploy.log",
+    params:
+        settings={{"max_batch_size": 8, "max_queue_delay_us": 1000, "vllm": {{"gpu_memory_utilization": 0.8}}}},
+        name="rf",
+    script:
+        "{REPO / "scripts" / "deploy.py"}"
+''')
+    out = subprocess.run([str(BIN / "snakemake"), "-s", str(tmp_path / "Snakefile"), "-d", str(tmp_path), "--cores",
+                          "1", "--quiet"], capture_output=True, text=True, timeout=300)
+    log = (tmp_path / "logs" / "deploy.log").read_text() if (tmp_path / "logs" / "deploy.log").exists() else ""
+    assert out.returncode == 0, out.stderr[-3000:] + log
+    cfg = (tmp_path / "serve" / "triton_repo" / "rf" / "config.pbtxt").read_text()
+    assert 'name: "rf"' in cfg and "max_batch_size: 8" in cfg and "max_queue_delay_microseconds: 1000" in cfg
+    assert (tmp_path / "serve" / "triton_repo" / "rf" / "1" / "model.py").is_file()
+    engine = json.loads((tmp_path / "serve" / "vllm_repo" / "rf_vllm" / "1" / "model.json").read_text())
+    assert engine["gpu_memory_utilization"] == 0.8
+    assert "wrote" in log

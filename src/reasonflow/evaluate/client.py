@@ -183,7 +183,6 @@ class ResponseCache:
     def __init__(self, path: str | os.PathLike | None):
         self.path = Path(path) if path else None
         self._done: dict[tuple[str, int, str], dict] = {}
-        self.stale = 0  # lines whose key no longer matches (other settings); reported by run_items
         if self.path and self.path.is_file():
             with open(self.path, encoding="utf-8") as fh:
                 lines = fh.read().split("\n")

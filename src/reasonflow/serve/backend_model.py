@@ -209,7 +209,7 @@ class ChatGenerator:
         groups: dict = {}
         for i, row in enumerate(rows):
             groups.setdefault(self.group_key(i, row), []).append(row)
-        for key, group in groups.items():
+        for group in groups.values():
             self._generate_group(group)
 
     def _generate_group(self, group: list[Row]) -> None:
@@ -243,7 +243,7 @@ class ChatGenerator:
                                       generation_config=gen)
         new = out[:, width:].tolist()
         stops = set(self.stop_ids)
-        for r, toks in zip(group, new):
+        for r, toks in zip(group, new, strict=True):
             toks = toks[: r.max_tokens]
             end = next((k for k, t in enumerate(toks) if t in stops), None)
             if end is None:

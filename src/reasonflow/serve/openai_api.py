@@ -20,7 +20,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from reasonflow.serve.backend_model import RequestError, parse_messages
@@ -134,8 +133,7 @@ class OpenAIServer:
         self.created = int(time.time())
         self._log_lock = threading.Lock()
         self._access = open(access_log, "a", buffering=1, encoding="utf-8") if access_log else None
-        self.httpd = ThreadingHTTPServer((host, port), _make_handler(self))
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), _make_handler(self))
         self._thread: threading.Thread | None = None
 
     @property
@@ -229,6 +227,11 @@ class OpenAIServer:
         except (OSError, ValueError) as e:
             raise ApiError(503, f"Triton unreachable: {e}", code="upstream_unavailable") from None
         return {o["name"]: o["data"][0] for o in payload["outputs"]}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # socketserver's default backlog of 5 drops bursts of concurrent clients
 
 
 def _make_handler(app: OpenAIServer):

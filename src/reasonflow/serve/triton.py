@@ -85,6 +85,10 @@ class ServeEnv:
         return self.tritonserver_dir / "bin" / "tritonserver"
 
     @property
+    def libpython(self) -> Path:
+        return Path(self.libdir) / f"libpython{self.version}.so.1.0"
+
+    @property
     def stub(self) -> Path:
         return self.tritonserver_dir / "python_backend_stubs" / self.version / "triton_python_backend_stub"
 
@@ -115,6 +119,10 @@ def serve_env(venv=None) -> ServeEnv:
     for what in (env.binary, env.stub, env.tritonserver_dir / "backends" / "python" / "libtriton_python.so"):
         if not what.exists():
             raise TritonError(f"{what} missing from the nvidia-pytriton wheel in {venv}")
+    if not env.libpython.exists():
+        log.warning("%s has no %s (Python built without --enable-shared): the Python-backend stub will use the "
+                    "system's libpython%s, which works only if it is the same build", env.python,
+                    env.libpython.name, env.version)
     return env
 
 
@@ -213,7 +221,7 @@ class TritonServer:
         if self.launcher == "apptainer":
             return env
         se = serve_env(self._serve_venv)
-        ld = [se.libdir, str(se.libs)]
+        ld = ([se.libdir] if se.libpython.exists() else []) + [str(se.libs)]
         env["LD_LIBRARY_PATH"] = ":".join(ld + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p])
         # the stub's interpreter: serving venv only (not the caller's venv, e.g. numpy 2)
         env["PYTHONPATH"] = ":".join(se.site_packages)

@@ -1,0 +1,235 @@
+"""The demo workflow through real Slurm: profiles/slurm-ci on the one-node cluster of tools/slurm_local.sh.
+
+Runs when a Slurm controller with the script's `cpu` and `gpu` partitions answers, or, with
+RF_TEST_SLURM=1 as root on Debian, after starting one itself (`tools/slurm_local.sh up`, stopped
+again with `down` at the end of the module). Otherwise every test here is skipped with the reason.
+Takes ~9 min on 2 cores: the Slurm run (~6 min, 40 sbatch jobs) plus a local run to compare with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, REPO
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = REPO / "tools" / "slurm_local.sh"
+PROFILE = REPO / "profiles" / "slurm-ci"
+LOCAL_RULES = {"all"}  # run by Snakemake itself (no sbatch): target rules and `localrule: True` ones
+GPU_RULE = "train"
+RUN_TIMEOUT = 1800
+
+
+def cluster_ready() -> bool:
+    """A controller answers and has the partitions profiles/slurm-ci submits to."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return False
+    # scontrol ping answers at once; sinfo retries an absent controller for ~9 s
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    if "is UP" not in ping.stdout:
+        return False
+    proc = subprocess.run(["sinfo", "-h", "-o", "%R %G %T"], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        return False
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()]
+    parts = {r[0] for r in rows}
+    gpu_ok = any(r[0] == "gpu" and "gpu:h100" in r[1] for r in rows)
+    alive = any(re.match(r"(idle|mixed|alloc|completing)", r[2]) for r in rows)
+    return {"cpu", "gpu"} <= parts and gpu_ok and alive
+
+
+def why_not_startable() -> str | None:
+    if os.environ.get("RF_TEST_SLURM") != "1":
+        return ("no Slurm cluster with partitions cpu/gpu answers (sinfo); start one with "
+                "`sudo tools/slurm_local.sh up`, or set RF_TEST_SLURM=1 (root, Debian) to let the test do it")
+    if os.geteuid() != 0:
+        return "RF_TEST_SLURM=1 but not root: tools/slurm_local.sh up installs packages and starts daemons"
+    if not Path("/etc/debian_version").is_file() or shutil.which("apt-get") is None:
+        return "RF_TEST_SLURM=1 but not Debian (tools/slurm_local.sh installs slurm-wlm/munge with apt-get)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """Use the running test cluster, or start one (and stop it afterwards) when allowed."""
+    if cluster_ready():
+        yield {"started": False, "up_s": 0.0}
+        return
+    reason = why_not_startable()
+    if reason:
+        pytest.skip(reason)
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=900)
+    up_s = time.monotonic() - t0
+    if proc.returncode != 0 or not cluster_ready():
+        subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, text=True, timeout=120)
+        pytest.fail(f"tools/slurm_local.sh up failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    try:
+        yield {"started": True, "up_s": up_s}
+    finally:
+        subprocess.run(["scancel", "--user", str(os.geteuid())], capture_output=True, timeout=60)
+        down = subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
+
+
+def demo_workdir(root: Path, demo_dir: Path) -> Path:
+    """Private working directory: config and fixtures symlinked, raw files copied (as test_workflow)."""
+    root.mkdir(parents=True)
+    (root / "config").symlink_to(REPO / "config")
+    (root / "resources/demo").mkdir(parents=True)
+    for entry in demo_dir.iterdir():
+        if entry.name == "raw":
+            shutil.copytree(entry, root / "resources/demo/raw")
+        else:
+            (root / "resources/demo" / entry.name).symlink_to(entry)
+    return root
+
+
+def snakemake(workdir: Path, *args: str, log: str | None = None) -> subprocess.CompletedProcess:
+    """Snakemake run from inside `workdir` (the Slurm plugin's -D and log dir follow the cwd)."""
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile", "config/demo.yaml", *args]
+    try:
+        proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        run_id = re.search(r"SLURM run ID: (\S+)", out + str(exc.stderr or ""))
+        if run_id:  # do not leave the run's jobs behind
+            subprocess.run(["scancel", "--name", run_id[1]], capture_output=True, timeout=60)
+        pytest.fail(f"{' '.join(cmd)} ran over {RUN_TIMEOUT}s")
+    if log:
+        (workdir / log).write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}) in {workdir}:\n"
+                    f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def planned(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    table = (proc.stdout + proc.stderr).split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+@pytest.fixture(scope="module")
+def runs(slurm_cluster, demo_dir, tmp_path_factory):
+    """The demo run once through Slurm (profiles/slurm-ci) and once locally, in private directories."""
+    base = tmp_path_factory.mktemp("slurm")
+    slurm_dir, local_dir = demo_workdir(base / "slurm", demo_dir), demo_workdir(base / "local", demo_dir)
+    plan = planned(snakemake(slurm_dir, "-n", "--profile", str(PROFILE)))
+    t0 = time.monotonic()
+    # --verbose: the plugin logs each sbatch command line (debug level)
+    proc = snakemake(slurm_dir, "--profile", str(PROFILE), "--verbose", log="slurm_run.log")
+    slurm_s = time.monotonic() - t0
+    # right away, while the GPU job is younger than MinJobAge (300 s) and scontrol still knows it
+    submitted = {int(m[1]): (int(m[2]), Path(m[3])) for m in re.finditer(
+        r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.", proc.stdout + proc.stderr)}
+    gpu_ids = [sid for sid, log in submitted.values() if log.parts[-2] == f"rule_{GPU_RULE}"]
+    scontrol = {sid: subprocess.run(["scontrol", "-o", "show", "job", str(sid)], capture_output=True, text=True).stdout
+                for sid in gpu_ids}
+    t0 = time.monotonic()
+    snakemake(local_dir, "--cores", "2", log="local_run.log")
+    local_s = time.monotonic() - t0
+    print(f"\nslurm cluster up: {slurm_cluster['up_s']:.1f}s (started here: {slurm_cluster['started']}), "
+          f"slurm run: {slurm_s:.0f}s, local run: {local_s:.0f}s")
+    return {"slurm": slurm_dir, "local": local_dir, "plan": plan, "out": proc.stdout + proc.stderr,
+            "submitted": submitted, "gpu_scontrol": scontrol}
+
+
+def test_every_job_but_the_local_ones_went_through_sbatch(runs):
+    plan, submitted = runs["plan"], runs["submitted"]
+    expected = {rule: n for rule, n in plan.items() if rule not in LOCAL_RULES}
+    assert len(submitted) == sum(expected.values()), (plan, len(submitted))
+    slurm_ids = [sid for sid, _ in submitted.values()]
+    assert len(set(slurm_ids)) == len(slurm_ids)
+    # one kept plugin log per job: logs/slurm/rule_<rule>/[<wildcards>/]<slurm jobid>.log
+    logs = sorted((runs["slurm"] / "logs/slurm").rglob("*.log"))
+    per_rule: dict[str, int] = {}
+    for log in logs:
+        rule = next(p for p in log.relative_to(runs["slurm"] / "logs/slurm").parts if p.startswith("rule_"))
+        per_rule[rule.removeprefix("rule_")] = per_rule.get(rule.removeprefix("rule_"), 0) + 1
+    assert per_rule == expected
+    assert sorted(int(log.stem) for log in logs) == sorted(slurm_ids)
+    # Snakemake saw every Slurm job finish
+    assert f"{sum(plan.values())} of {sum(plan.values())} steps (100%) done" in runs["out"]
+
+
+def test_jobs_completed_in_slurm_on_the_right_partitions(runs):
+    """Slurm's own record of the jobs (jobcomp/filetxt log: written without accounting too)."""
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    comp = dict(re.findall(r"^(JobComp(?:Type|Loc))\s*=\s*(\S+)", config, re.M))
+    if comp.get("JobCompType") != "jobcomp/filetxt" or not os.access(comp.get("JobCompLoc", ""), os.R_OK):
+        pytest.skip(f"the cluster keeps no readable jobcomp/filetxt log ({comp})")
+    records = {}
+    for line in Path(comp["JobCompLoc"]).read_text().splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        records[int(fields["JobId"])] = fields
+    for sid, log in runs["submitted"].values():
+        rec = records.get(sid)
+        assert rec is not None, f"Slurm job {sid} ({log}) not in {comp['JobCompLoc']}"
+        assert rec["JobState"] == "COMPLETED", rec
+        assert rec["Partition"] == ("gpu" if log.parts[-2] == f"rule_{GPU_RULE}" else "cpu"), (log, rec)
+        assert rec["Account"] == "reasonflow", rec
+
+
+def test_train_job_asked_slurm_for_the_gpu(runs):
+    (gpu_id,) = runs["gpu_scontrol"]
+    sbatch = [line for line in runs["out"].splitlines() if "sbatch call:" in line and "rule_train" in line]
+    assert len(sbatch) == 1 and "--gpus=h100:1" in sbatch[0] and " -p gpu" in sbatch[0], sbatch
+    assert "--cpus-per-gpu=2" in sbatch[0]
+    job = runs["gpu_scontrol"][gpu_id]
+    assert job, f"scontrol no longer knows Slurm job {gpu_id} (older than MinJobAge?)"
+    assert "Partition=gpu " in job and re.search(r"TresPerJob=\S*gpu:h100:1", job), job
+    assert "JobState=COMPLETED" in job, job
+
+
+def test_outputs_equal_a_local_run(runs):
+    slurm, local = runs["slurm"], runs["local"]
+    curated = sorted(p.relative_to(local) for p in (local / "results/curation/curated").rglob("*") if p.is_file())
+    assert curated == sorted(p.relative_to(slurm) for p in (slurm / "results/curation/curated").rglob("*")
+                             if p.is_file())
+    exact = [Path("results/merge") / n for n in ("training.jsonl", "duplicates.jsonl", "contaminated.jsonl",
+                                                 "merge_stats.json")]
+    exact += [Path("results/curation/summary.json"), Path("results/curation/funnel.csv"),
+              Path("results/stats/summary.json"), *curated]
+    differ = [str(p) for p in exact if (slurm / p).read_bytes() != (local / p).read_bytes()]
+    assert not differ, differ
+    assert (slurm / "results/merge/training.jsonl").stat().st_size > 0
+
+
+def test_trained_adapter_matches_the_local_one(runs):
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    slurm, local = runs["slurm"] / "results/train", runs["local"] / "results/train"
+
+    def config(root):  # target_modules is a set: its order varies between processes
+        cfg = json.loads((root / "adapter/adapter_config.json").read_text())
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+        return cfg
+
+    assert config(slurm) == config(local)
+    # metrics.csv: step, loss, lr equal within tolerance (tokens/s and memory are timings)
+    def columns(root):
+        rows = [line.split(",") for line in (root / "metrics.csv").read_text().splitlines()]
+        head = rows[0]
+        return {k: [float(r[head.index(k)]) for r in rows[1:]] for k in ("step", "loss", "lr")}
+
+    a, b = columns(slurm), columns(local)
+    assert a["step"] == b["step"] and len(a["step"]) > 0
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
+    np.testing.assert_allclose(a["lr"], b["lr"], rtol=1e-6)
+    wa = load_file(slurm / "adapter/adapter_model.safetensors")
+    wb = load_file(local / "adapter/adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and wa
+    for key in wa:
+        np.testing.assert_allclose(wa[key], wb[key], rtol=1e-3, atol=1e-5, err_msg=key)
+    assert (slurm / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
