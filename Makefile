@@ -4,11 +4,13 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
 FIXTURES := resources/demo/MANIFEST.json
 SNAKEMAKE := $(BIN)/snakemake --profile profiles/local
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help env system fixtures demo test audit lint fmt lock clean distclean
+.PHONY: help env system fixtures demo test audit lint fmt lock lock-serve slurm-up slurm-down test-slurm clean distclean
 
 help:
 	@echo "make demo    - set up, build fixtures, run the workflow on config/demo.yaml"
@@ -28,7 +30,16 @@ $(STAMP): requirements/main.lock pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-env: $(STAMP) system
+# Serving environment (Triton's Python-backend stub needs numpy<2): used by deploy/evaluate.
+# $(PYTHON) must be the interpreter whose LIBDIR holds libpython3.11.so (pyenv's build here).
+$(SERVE_STAMP): requirements/serve.lock
+	@echo ">> creating $(SERVE_VENV) from requirements/serve.lock (first run only, ~1 min)"
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/pip install -q -r requirements/serve.lock
+	touch $@
+
+env: $(STAMP) $(SERVE_STAMP) system
 
 # Debian packages (graphviz for the audit pictures) when running as root; otherwise just a hint.
 system:
@@ -55,6 +66,8 @@ demo: env $(FIXTURES)
 	@echo "  training set:     results/merge/training.jsonl (+ duplicates.jsonl, contaminated.jsonl, merge_stats.json)"
 	@echo "  statistics:       results/stats/summary.json, *.csv, funnel.png, token_histograms.png, category_reasoning.png"
 	@echo "  LoRA adapter:     results/train/adapter/ (metrics.csv, loss.png, tensorboard/ beside it)"
+	@echo "  Triton repos:     results/serve/triton_repo/, results/serve/vllm_repo/"
+	@echo "  benchmarks:       results/eval/summary.csv, comparison.csv, accuracy.png, items/<model>/<bench>/<mode>.csv"
 	@echo "  logs:             logs/<rule>/...   benchmarks: benchmarks/<rule>/..."
 
 test: env $(FIXTURES)
@@ -82,8 +95,24 @@ lock:
 	/tmp/reasonflow-lock/bin/pip install -q -r requirements/main.in
 	/tmp/reasonflow-lock/bin/pip freeze > requirements/main.lock
 
+lock-serve:
+	rm -rf /tmp/reasonflow-serve-lock && $(PYTHON) -m venv /tmp/reasonflow-serve-lock
+	/tmp/reasonflow-serve-lock/bin/pip install -q --upgrade pip
+	/tmp/reasonflow-serve-lock/bin/pip install -q -r requirements/serve.in
+	/tmp/reasonflow-serve-lock/bin/pip freeze > requirements/serve.lock
+
+# A real single-node Slurm on this machine (root, Debian 12) for the Slurm integration test.
+slurm-up:
+	$(if $(filter 0,$(shell id -u)),,sudo) bash tools/slurm_local.sh up
+
+slurm-down:
+	$(if $(filter 0,$(shell id -u)),,sudo) bash tools/slurm_local.sh down
+
+test-slurm: env $(FIXTURES)
+	RF_TEST_SLURM=1 $(BIN)/python -m pytest -q -ra tests/test_slurm.py
+
 clean:
 	rm -rf results logs benchmarks .snakemake
 
 distclean: clean
-	rm -rf $(VENV) resources
+	rm -rf $(VENV) $(SERVE_VENV) resources

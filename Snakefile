@@ -9,6 +9,8 @@ include: "rules/common.smk"
 include: "rules/curation.smk"
 include: "rules/merge.smk"
 include: "rules/train.smk"
+include: "rules/serve.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
@@ -18,3 +20,5 @@ rule all:
         rules.merge.output,
         rules.dataset_stats.output,
         rules.train.output,
+        rules.deploy.output,
+        rules.eval_report.output,

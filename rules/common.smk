@@ -103,3 +103,18 @@ def merge_settings():
 def train_settings():
     """Every config value training depends on (goes through params:)."""
     return dict(config["train"])
+
+
+def eval_source_input(wildcards):
+    """A benchmark's source as an input file when it is local (URLs are fetched by the job)."""
+    src = config["evaluate"]["sources"][wildcards.benchmark]
+    return [] if "://" in src else [src]
+
+
+def serve_settings():
+    """Server options; a relative serve_venv missing here is taken from the workflow's folder."""
+    opts = dict(config["serve"]["server"])
+    venv = opts.get("serve_venv")
+    if venv and not os.path.isabs(venv) and not os.path.exists(venv):
+        opts["serve_venv"] = os.path.join(workflow.basedir, venv)
+    return opts

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = REPO / "tools" / "slurm_local.sh"
 PROFILE = REPO / "profiles" / "slurm-ci"
-LOCAL_RULES = {"all"}  # run by Snakemake itself (no sbatch): target rules and `localrule: True` ones
+LOCAL_RULES = {"all", "eval_prep", "download_model"}  # run by Snakemake itself (no sbatch): target rules and `localrule: True` ones
 GPU_RULE = "train"
 RUN_TIMEOUT = 1800
 

@@ -98,7 +98,8 @@ def test_changed_curation_value_plans_curation_and_downstream_only(demo_run):
     cfg = config_variant(demo_run, "fewer_tokens", max_completion_tokens=1000)
     jobs = planned(snakemake(demo_run, "-n", "--configfile", cfg))
     n = n_shards(demo_run / "resources/demo/raw")
-    assert jobs == {"curate_shard": n, "curation_summary": 1, "merge": 1, "dataset_stats": 1, "train": 1, "all": 1}
+    assert jobs == {"curate_shard": n, "curation_summary": 1, "merge": 1, "dataset_stats": 1, "train": 1,
+                    "deploy": 1, "evaluate": 12, "eval_report": 1, "all": 1}
 
 
 def test_changed_learning_rate_plans_training_only(demo_run):
@@ -106,7 +107,16 @@ def test_changed_learning_rate_plans_training_only(demo_run):
     cfg["train"]["lr"] = 5e-4
     path = demo_run / "lr.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"train": 1, "all": 1}
+    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"train": 1, "deploy": 1, "evaluate": 12, "eval_report": 1, "all": 1}
+
+
+def test_changed_evaluation_max_tokens_plans_evaluation_only(demo_run):
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    cfg["evaluate"]["settings"]["max_tokens"] = 16
+    path = demo_run / "eval_tokens.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"evaluate": 12, "eval_report": 1,
+                                                                              "all": 1}
 
 
 def test_changed_merge_value_plans_merge_and_downstream_only(demo_run):
@@ -115,7 +125,7 @@ def test_changed_merge_value_plans_merge_and_downstream_only(demo_run):
     path = demo_run / "row_mode.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {
-        "merge": 1, "dataset_stats": 1, "train": 1, "all": 1}
+        "merge": 1, "dataset_stats": 1, "train": 1, "deploy": 1, "evaluate": 12, "eval_report": 1, "all": 1}
 
 
 def test_adding_a_raw_file_plans_only_its_jobs_and_downstream(demo_run):
@@ -127,7 +137,7 @@ def test_adding_a_raw_file_plans_only_its_jobs_and_downstream(demo_run):
     finally:
         extra.unlink()
     assert jobs == {"split_shard": 1, "curate_shard": 1, "curation_summary": 1, "merge": 1, "dataset_stats": 1,
-                    "train": 1, "all": 1}
+                    "train": 1, "deploy": 1, "evaluate": 12, "eval_report": 1, "all": 1}
 
 
 def test_merge_outputs_and_statistics(demo_run, expected_fates):
@@ -192,3 +202,17 @@ def test_audit_renders_dag_and_rulegraph_svg(demo_run):
         svg = subprocess.run(["dot", "-Tsvg"], input=dot[dot.index("digraph"):], capture_output=True, text=True,
                              check=True).stdout
         assert svg.lstrip().startswith(("<?xml", "<svg")) and "curate_shard" in svg
+
+
+def test_evaluation_outputs(demo_run):
+    import csv
+
+    rows = list(csv.DictReader((demo_run / "results/eval/summary.csv").open()))
+    assert {(r["model"], r["benchmark"], r["mode"]) for r in rows} == {
+        (m, b, mode) for m in ("base", "adapter") for b in ("mmlu", "gpqa_diamond", "gpqa_main") for mode in ("on", "off")}
+    assert all(len(r["dataset_sha256"]) == 64 for r in rows)
+    assert (demo_run / "results/eval/accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert (demo_run / "results/serve/triton_repo/reasonflow/config.pbtxt").is_file()
+    # the servers were stopped by the evaluation jobs: no tritonserver is left running from this workdir
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(demo_run) not in ps
