@@ -50,6 +50,16 @@ def all_shards():
     return [(src, shard) for src in selected_sources() for shard in shards_of(src)]
 
 
+def stable(value):
+    """Config values with dict keys sorted (recursively): params are compared by their repr, so
+    reordering keys in a YAML file must not look like a change and trigger reruns."""
+    if isinstance(value, dict):
+        return {k: stable(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [stable(v) for v in value]
+    return value
+
+
 def curated(kind):
     """Paths of one kind of per-shard curation output for every shard."""
     return [
@@ -83,7 +93,7 @@ def curation_settings():
         "chunk_rows",
     )
     cur = config["curation"]
-    return {"tokenizer": TOKENIZER_DIR, **{k: cur[k] for k in keys if k in cur}}
+    return stable({"tokenizer": TOKENIZER_DIR, **{k: cur[k] for k in keys if k in cur}})
 
 
 def merge_settings():
@@ -97,12 +107,12 @@ def merge_settings():
         "ngram",
         "question_files",
     )
-    return {k: config["merge"][k] for k in keys if k in config["merge"]}
+    return stable({k: config["merge"][k] for k in keys if k in config["merge"]})
 
 
 def train_settings():
     """Every config value training depends on (goes through params:)."""
-    return dict(config["train"])
+    return stable(config["train"])
 
 
 def eval_source_input(wildcards):
@@ -117,4 +127,4 @@ def serve_settings():
     venv = opts.get("serve_venv")
     if venv and not os.path.isabs(venv) and not os.path.exists(venv):
         opts["serve_venv"] = os.path.join(workflow.basedir, venv)
-    return opts
+    return stable(opts)

@@ -48,7 +48,7 @@ rule evaluate:
         served_model=lambda wc: config["evaluate"]["models"][wc.model],
         benchmark="{benchmark}",
         mode="{mode}",
-        settings=config["evaluate"]["settings"],
+        settings=stable(config["evaluate"]["settings"]),
         cache="results/eval/cache/{model}/{benchmark}/{mode}.jsonl",
         serve=serve_settings(),
     script:

@@ -14,6 +14,6 @@ rule deploy:
     conda:
         "../envs/serve.yaml"
     params:
-        settings=config["serve"]["repository"],
+        settings=stable(config["serve"]["repository"]),
     script:
         "../scripts/deploy.py"

@@ -216,3 +216,11 @@ def test_evaluation_outputs(demo_run):
     # the servers were stopped by the evaluation jobs: no tritonserver is left running from this workdir
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(demo_run) not in ps
+
+
+def test_reordered_config_keys_plan_nothing(demo_run):
+    """Params are compared by repr: the same config with keys in another order must not rerun anything."""
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    path = demo_run / "sorted_keys.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=True))
+    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {}
