@@ -71,23 +71,6 @@ def build_pipeline(settings: CurationSettings):
     return pipeline
 
 
-def run_inline(pipeline, task) -> list:
-    """Run the pipeline's stages in this process, without Ray (benchmarks, debugging).
-
-    Same stage objects and per-batch code as under Ray Data; ``setup`` runs first.
-    """
-    for stage in pipeline.stages:
-        stage.setup()
-    tasks = [task]
-    for stage in pipeline.stages:
-        nxt = []
-        for t in tasks:
-            out = stage.process(t)
-            nxt.extend(out if isinstance(out, list) else [out])
-        tasks = nxt
-    return sorted(tasks, key=lambda b: b._metadata["chunk"])
-
-
 def ray_logical_cpus(pipeline, num_cpus: int) -> int:
     """Logical CPUs for Ray: the job's threads plus one per actor stage.
 
