@@ -13,7 +13,7 @@ import torch
 
 from conftest import REPO
 from reasonflow.train.data import IGNORE, JsonlDataset, pack
-from reasonflow.train.trainer import TrainSettings, build_model, forward_loss, micro_batches
+from reasonflow.train.trainer import PLAIN, TrainSettings, build_model, forward_loss, micro_batches
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +50,15 @@ def test_prompt_tokens_carry_no_loss(tok, tmp_path):
 
 
 def test_packing_matches_unpacked_loss_and_gradients(tok, tmp_path, demo_dir):
-    """Same loss and LoRA gradient direction packed vs one sample at a time: no cross-sample attention."""
+    """Plain path (SDPA, block-diagonal mask): same loss and LoRA gradients packed vs one sample at a time.
+
+    The fast path's packing (varlen attention) is checked in test_train_fast.py.
+    """
     answers = lambda i: " ".join(["word"] * (5 + 7 * i)) + "."  # noqa: E731 (different lengths)
     ds = JsonlDataset(_write(tmp_path / "t.jsonl", _rows(tok, 4, answers)), tok, 512)
     examples = [ds.example(i) for i in range(4)]
     num_items = sum(t != IGNORE for e in examples for t in e.labels)
-    settings = TrainSettings(lora_rank=8, lora_alpha=16, precision="fp32", max_length=512)
+    settings = TrainSettings(lora_rank=8, lora_alpha=16, precision="fp32", max_length=512, **PLAIN)
     torch.manual_seed(0)
     model = build_model(str(demo_dir / "model"), settings, torch.device("cpu"))
     for p in model.parameters():  # make LoRA-B non-zero so the adapter takes part in the check
@@ -72,7 +75,7 @@ def test_packing_matches_unpacked_loss_and_gradients(tok, tmp_path, demo_dir):
     packed_rows = pack(examples, 512, tok.pad_token_id)
     assert len(packed_rows) == 1  # all four samples share one row
     packed = micro_batches(examples, settings, tok.pad_token_id)
-    single = [micro_batches([e], TrainSettings(packing=False), tok.pad_token_id)[0] for e in examples]
+    single = [micro_batches([e], TrainSettings(packing=False, **PLAIN), tok.pad_token_id)[0] for e in examples]
     (lp, gp), (lu, gu) = run(packed), run(single)
     assert lp == pytest.approx(lu, rel=1e-5)
     assert torch.nn.functional.cosine_similarity(gp, gu, dim=0).item() > 0.9999

@@ -85,28 +85,21 @@ def sample_order(n: int, mode: str, seed: int) -> Iterator[int]:
 
 def pack(examples: list[Example], max_length: int, pad_id: int) -> list[dict]:
     """Greedy in-order packing into rows of exactly ``max_length`` tokens (padding at the end)."""
-    rows, cur = [], []
+    return [padded_row(b, max_length, pad_id) for b in in_order(examples, max_length)]
 
-    def flush():
-        ids = [t for e in cur for t in e.input_ids]
-        labels = [t for e in cur for t in e.labels]
-        pos = [p for e in cur for p in range(len(e))]
-        pad = max_length - len(ids)
-        rows.append({
-            "input_ids": ids + [pad_id] * pad,
-            "labels": labels + [IGNORE] * pad,
-            "position_ids": pos + list(range(pad)),
-            "real_tokens": len(ids),
-        })
 
-    for ex in examples:
-        if cur and sum(map(len, cur)) + len(ex) > max_length:
-            flush()
-            cur = []
-        cur.append(ex)
-    if cur:
-        flush()
-    return rows
+def padded_row(examples: list[Example], length: int, pad_id: int) -> dict:
+    """Samples back to back, padded to ``length``; positions restart at 0 per sample (and for the pad)."""
+    ids = [t for e in examples for t in e.input_ids]
+    labels = [t for e in examples for t in e.labels]
+    pos = [p for e in examples for p in range(len(e))]
+    pad = length - len(ids)
+    return {
+        "input_ids": ids + [pad_id] * pad,
+        "labels": labels + [IGNORE] * pad,
+        "position_ids": pos + list(range(pad)),
+        "real_tokens": len(ids),
+    }
 
 
 def pad_batch(examples: list[Example], pad_id: int) -> dict:
@@ -117,4 +110,59 @@ def pad_batch(examples: list[Example], pad_id: int) -> dict:
         "labels": [e.labels + [IGNORE] * (width - len(e)) for e in examples],
         "attention_mask": [[1] * len(e) + [0] * (width - len(e)) for e in examples],
         "real_tokens": sum(map(len, examples)),
+    }
+
+
+def best_fit(examples: list[Example], capacity: int) -> list[list[Example]]:
+    """Best-fit decreasing bins of at most ``capacity`` tokens (deterministic: ties by position).
+
+    All samples of one optimizer step share one gradient, so their grouping into rows is
+    free: tighter rows only remove padding.
+    """
+    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]), i))
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = len(examples[i])
+        fits = [b for b in range(len(bins)) if free[b] >= n]
+        if fits:
+            b = min(fits, key=lambda b: (free[b], b))
+            bins[b].append(i)
+            free[b] -= n
+        else:
+            bins.append([i])
+            free.append(capacity - n)
+    return [[examples[i] for i in sorted(b)] for b in bins]
+
+
+def in_order(examples: list[Example], capacity: int) -> list[list[Example]]:
+    """Greedy in-order bins (what :func:`pack` does, without the padding)."""
+    bins, cur, used = [], [], 0
+    for ex in examples:
+        if cur and used + len(ex) > capacity:
+            bins.append(cur)
+            cur, used = [], 0
+        cur.append(ex)
+        used += len(ex)
+    if cur:
+        bins.append(cur)
+    return bins
+
+
+def varlen_batch(examples: list[Example]) -> dict:
+    """One flattened micro-batch: samples back to back, no padding, sample boundaries kept.
+
+    ``bounds`` are the cumulative sample offsets (``cu_seqlens``); positions restart at 0
+    per sample.
+    """
+    bounds = [0]
+    for e in examples:
+        bounds.append(bounds[-1] + len(e))
+    return {
+        "input_ids": [t for e in examples for t in e.input_ids],
+        "labels": [t for e in examples for t in e.labels],
+        "position_ids": [p for e in examples for p in range(len(e))],
+        "bounds": bounds,
+        "max_seqlen": max(map(len, examples)),
+        "real_tokens": bounds[-1],
     }

@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reasonflow.train.data import Example, JsonlDataset, pack, pad_batch, sample_order
+from reasonflow.train.data import (
+    IGNORE, Example, JsonlDataset, best_fit, in_order, pad_batch, padded_row, sample_order, varlen_batch,
+)
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 METRICS = ["step", "loss", "lr", "samples", "tokens", "tokens_per_s", "memory_mb", "grad_norm"]
@@ -52,6 +54,17 @@ class TrainSettings:
     seed: int = 1234
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     gradient_checkpointing: bool = False
+    checkpoint_layers: int = -1  # with gradient_checkpointing: recompute the first N decoder layers (-1 = all)
+    # the fast path (reasonflow.train.fast); the plain path is attention=sdpa and every lever off
+    attention: str = "varlen"  # varlen (no mask, FlashAttention varlen on CUDA) | sdpa (block-diagonal mask)
+    fused_loss: bool = True  # chunked LM head + cross entropy over answer tokens, no full fp32 logits
+    loss_chunk: int = 4096
+    fused_lora: bool = True  # adapter in the activations' dtype, accumulated by one addmm
+    fused_norm_mlp: bool = True  # RMSNorm / SwiGLU autograd functions that save only their inputs
+    compile_kernels: bool = False  # torch.compile the fused norm / SwiGLU bodies
+    compile_layers: bool = False  # torch.compile each decoder layer whole (fuses RoPE, residuals, norms, ...)
+    pack_strategy: str = "best_fit"  # best_fit (within a step: less padding) | in_order
+    pack_length: int = 0  # tokens per packed row; 0 = max_length
     checkpoint_every: int = 100
     keep_last: int = 3
     overlong: str = "truncate"
@@ -60,6 +73,28 @@ class TrainSettings:
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainSettings":
         return cls(**{k: v for k, v in cfg.items() if k in cls.__dataclass_fields__})
+
+    def __post_init__(self):
+        for name, allowed in (("attention", ("varlen", "sdpa")), ("pack_strategy", ("best_fit", "in_order")),
+                              ("data_order", ("sequential", "shuffle")), ("precision", ("auto", "bf16", "fp32"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.pack_length and self.pack_length < self.max_length:
+            raise ValueError(f"train.pack_length ({self.pack_length}) must be 0 or >= max_length ({self.max_length})")
+
+    @property
+    def row_length(self) -> int:
+        return self.pack_length or self.max_length
+
+
+# Fields that change how a step is computed, never which samples it sees or the function it computes:
+# a run resumes its checkpoints across changes of these (e.g. compile switched off to debug a node).
+SPEED_ONLY = ("gradient_checkpointing", "checkpoint_layers", "attention", "fused_loss", "loss_chunk", "fused_lora",
+              "fused_norm_mlp", "compile_kernels", "compile_layers", "pack_strategy", "pack_length")
+
+# The trainer as it was before the fast path: what bench/train_throughput.py calls "plain".
+PLAIN = {"attention": "sdpa", "fused_loss": False, "fused_lora": False, "fused_norm_mlp": False,
+         "compile_kernels": False, "compile_layers": False, "checkpoint_layers": -1, "pack_strategy": "in_order"}
 
 
 def lr_lambda(settings: TrainSettings):
@@ -83,17 +118,20 @@ def _dtype(settings: TrainSettings, device: torch.device) -> torch.dtype:
 
 
 def build_model(base: str, settings: TrainSettings, device: torch.device):
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
         base, dtype=_dtype(settings, device), attn_implementation="sdpa", local_files_only=os.path.isdir(base),
         token=None if os.path.isdir(base) else os.environ.get("HF_TOKEN"),
     )
+    return prepare_model(model, settings, device)
+
+
+def prepare_model(model, settings: TrainSettings, device: torch.device):
+    """Wrap a causal LM with the LoRA adapter and apply the configured levers."""
+    from peft import LoraConfig, get_peft_model
+
     model.config.use_cache = False
-    if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
     lora = LoraConfig(
         r=settings.lora_rank,
         lora_alpha=settings.lora_alpha,
@@ -101,44 +139,112 @@ def build_model(base: str, settings: TrainSettings, device: torch.device):
         target_modules=list(settings.target_modules),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora).to(device)
+    model = get_peft_model(model, lora).to(device)
+    configure(model, settings)
+    return model
+
+
+def configure(model, settings: TrainSettings) -> dict:
+    """(Re)apply the fast-path levers of ``settings`` to a PEFT model; returns what was applied."""
+    from reasonflow.train import fast
+
+    base = model.get_base_model()
+    dev = next(model.parameters()).device
+    backend = fast.register_attention(dev) if settings.attention == "varlen" else "sdpa"
+    impl = fast.ATTENTION_NAME if settings.attention == "varlen" else "sdpa"
+    if hasattr(base, "set_attn_implementation"):
+        base.set_attn_implementation(impl)
+    else:
+        base.config._attn_implementation = impl
+    patched = fast.apply_fused_modules(model, settings.fused_lora, settings.fused_norm_mlp)
+    kernels = []
+    if settings.compile_kernels or settings.compile_layers:
+        kernels += ["ce_chunk"] if settings.fused_loss else []
+        if settings.fused_norm_mlp and not settings.compile_layers:  # compiled layers fuse these themselves
+            kernels += ["rms_fwd", "rms_bwd", "swiglu_fwd", "swiglu_bwd"]
+    fast.use_compiled_kernels(kernels)
+    layers = fast.set_checkpoint_layers(model, settings.gradient_checkpointing, settings.checkpoint_layers)
+    compiled_layers = fast.compile_layers(model, settings.compile_layers)
+    applied = {"attention": backend, "patched": patched,
+               "checkpointed_layers": layers, "compiled_layers": compiled_layers,
+               "compiled_kernels": kernels}
+    print(f"train path: {json.dumps(applied, sort_keys=True)}", flush=True)
+    return applied
 
 
 def micro_batches(examples: list[Example], settings: TrainSettings, pad_id: int) -> list[dict]:
+    """The micro-batches of one optimizer step.
+
+    ``attention: varlen``: each micro-batch is ``micro_batch_size`` packed rows (or samples,
+    without packing) flattened into one unpadded sequence with its sample boundaries.
+    ``attention: sdpa``: padded rows of ``row_length`` (packing) or padded sample groups.
+    """
+    mb = settings.micro_batch_size
     if settings.packing:
-        rows = pack(examples, settings.max_length, pad_id)
-        return [
-            {
-                "input_ids": [r["input_ids"] for r in rows[i : i + settings.micro_batch_size]],
-                "labels": [r["labels"] for r in rows[i : i + settings.micro_batch_size]],
-                "position_ids": [r["position_ids"] for r in rows[i : i + settings.micro_batch_size]],
-                "real_tokens": sum(r["real_tokens"] for r in rows[i : i + settings.micro_batch_size]),
-            }
-            for i in range(0, len(rows), settings.micro_batch_size)
-        ]
-    return [
-        pad_batch(examples[i : i + settings.micro_batch_size], pad_id)
-        for i in range(0, len(examples), settings.micro_batch_size)
-    ]
+        bins = (best_fit if settings.pack_strategy == "best_fit" else in_order)(examples, settings.row_length)
+    else:
+        bins = [[e] for e in examples]
+    groups = [bins[i : i + mb] for i in range(0, len(bins), mb)]
+    if settings.attention == "varlen":
+        return [varlen_batch([e for b in g for e in b]) for g in groups]
+    if not settings.packing:
+        return [pad_batch([b[0] for b in g], pad_id) for g in groups]
+    rows = [[padded_row(b, settings.row_length, pad_id) for b in g] for g in groups]
+    return [{"input_ids": [r["input_ids"] for r in g], "labels": [r["labels"] for r in g],
+             "position_ids": [r["position_ids"] for r in g], "real_tokens": sum(r["real_tokens"] for r in g)}
+            for g in rows]
 
 
-def forward_loss(model, batch: dict, num_items: int, device: torch.device) -> torch.Tensor:
+def forward_loss(model, batch: dict, num_items: int, device: torch.device,
+                 settings: TrainSettings | None = None) -> torch.Tensor:
     """Sum of answer-token losses of ``batch`` divided by ``num_items`` (the step's answer tokens)."""
+    if "bounds" in batch:
+        from reasonflow.train.fast import varlen_loss
+
+        s = settings or TrainSettings()
+        return varlen_loss(model, batch, num_items, device, s.fused_loss, s.loss_chunk)
     tensors = {k: torch.tensor(v, device=device) for k, v in batch.items() if k != "real_tokens"}
     out = model(**tensors, use_cache=False, num_items_in_batch=num_items)
     return out.loss
+
+
+def make_optimizer(params, settings: TrainSettings, device: torch.device):
+    """AdamW; the single fused kernel on CUDA."""
+    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
+                             fused=True if device.type == "cuda" else None)
+
+
+def train_step(model, params, optimizer, scheduler, examples: list[Example], settings: TrainSettings, pad_id: int,
+               device: torch.device) -> dict:
+    """One optimizer step over ``examples`` (one global batch): the stage's and the benchmark's code path."""
+    batches = micro_batches(examples, settings, pad_id)
+    num_items = sum(1 for e in examples for t in e.labels if t != IGNORE)
+    total = torch.zeros((), device=device)
+    for batch in batches:
+        loss = forward_loss(model, batch, num_items, device, settings)
+        loss.backward()
+        total += loss.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+    lr = scheduler.get_last_lr()[0]  # the rate this step uses
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": total.item(), "grad_norm": grad_norm.item(), "lr": lr,
+            "tokens": sum(b["real_tokens"] for b in batches), "rows": len(batches)}
 
 
 def checkpoint_root(parent, base: str, training: str, settings: TrainSettings) -> Path:
     """Checkpoint folder for this exact run: settings, base model and training file identity.
 
     A changed config (or a re-merged training.jsonl) gets a fresh folder, so a job never
-    resumes checkpoints of a different run; old folders stay for inspection.
+    resumes checkpoints of a different run; old folders stay for inspection. The speed-only
+    switches (:data:`SPEED_ONLY`) are left out: the same run resumes across them.
     """
     import hashlib
 
     st = os.stat(training)
-    ident = json.dumps({"settings": asdict(settings), "base": os.path.abspath(base),
+    run = {k: v for k, v in asdict(settings).items() if k not in SPEED_ONLY}
+    ident = json.dumps({"settings": run, "base": os.path.abspath(base),
                         "training": [os.path.abspath(training), st.st_size, st.st_mtime_ns]}, sort_keys=True)
     return Path(parent) / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
@@ -204,7 +310,7 @@ def train(
     data = JsonlDataset(training, tokenizer, settings.max_length, settings.overlong)
     model = build_model(base, settings, dev)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(params, settings, dev)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings))
 
     ckpt = Path(ckpt_root)
@@ -226,40 +332,41 @@ def train(
         writer = SummaryWriter(tensorboard_dir)
     model.train()
     bar = tqdm(total=settings.max_steps, initial=step, desc="train", unit="step", mininterval=5)
-    while step < settings.max_steps:
-        t0 = time.perf_counter()
-        examples = []
+    def next_batch() -> tuple[list[Example], int]:
+        examples, used = [], 0
         while len(examples) < settings.global_batch_size:
             ex = data.example(next(order))
-            samples += 1
+            used += 1
             if ex is not None:
                 examples.append(ex)
-        batches = micro_batches(examples, settings, pad_id)
-        num_items = sum(1 for e in examples for t in e.labels if t != -100)
-        total = 0.0
-        for batch in batches:
-            loss = forward_loss(model, batch, num_items, dev)
-            loss.backward()
-            total += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip).item()
-        lr = scheduler.get_last_lr()[0]  # the rate this step uses
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        return examples, used
+
+    # the next step's rows are read and tokenized while this step runs on the device (same order)
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="rf-data")
+    pending = pool.submit(next_batch)
+    while step < settings.max_steps:
+        t0 = time.perf_counter()
+        examples, used = pending.result()
+        if step + 1 < settings.max_steps:
+            pending = pool.submit(next_batch)
+        out = train_step(model, params, optimizer, scheduler, examples, settings, pad_id, dev)
+        samples += used
         step += 1
         seconds = time.perf_counter() - t0
-        real = sum(b["real_tokens"] for b in batches)
-        row = {"step": step, "loss": total, "lr": lr, "samples": samples, "tokens": real,
-               "tokens_per_s": real / seconds, "memory_mb": _memory_mb(dev), "grad_norm": grad_norm}
+        row = {"step": step, "loss": out["loss"], "lr": out["lr"], "samples": samples, "tokens": out["tokens"],
+               "tokens_per_s": out["tokens"] / seconds, "memory_mb": _memory_mb(dev), "grad_norm": out["grad_norm"]}
         metrics_rows.append(row)
         if writer:
             for k in ("loss", "lr", "tokens_per_s", "grad_norm"):
                 writer.add_scalar(f"train/{k}", row[k], step)
-        bar.set_postfix(loss=f"{total:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
         bar.update(1)
         if step % settings.checkpoint_every == 0 or step == settings.max_steps:
             save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last)
             _write_metrics(out_metrics, metrics_rows)
+    pool.shutdown(wait=True)
     bar.close()
     if writer:
         writer.close()

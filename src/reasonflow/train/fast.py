@@ -1,0 +1,416 @@
+"""The training fast path: the levers that take LoRA on one H100 from ~3k to >14k tokens/s.
+
+Each lever is switched by a :class:`~reasonflow.train.trainer.TrainSettings` field and
+measured one by one by ``bench/train_throughput.py`` (notes in ``bench/TRAINING_SPEED.md``):
+
+- ``attention: varlen``: packed samples go through attention as variable-length
+  sequences (``cu_seqlens``), never through a materialised block-diagonal mask.
+  On CUDA this is PyTorch's FlashAttention varlen kernel
+  (``torch.nn.attention.varlen``); where that kernel is missing (the CPU, an old
+  torch) the same call runs one causal SDPA per sample: exact, and logged once.
+- ``fused_loss``: the LM head and cross entropy run over the answer positions
+  only, in chunks, and the gradient with respect to the hidden states is formed
+  in the forward pass, so fp32 logits of the whole row never exist.
+- ``fused_lora``: the adapter runs in the activations' dtype (bf16 on GPU) with
+  fp32 master weights, and ``B·A·x`` is accumulated into the base output by one
+  ``addmm`` instead of PEFT's fp32 matmuls, scale and add.
+- ``fused_norm_mlp``: RMSNorm and SwiGLU as autograd functions that save only
+  their inputs (bf16) instead of fp32 copies and intermediates; with
+  ``compile_kernels`` their forward and backward bodies are compiled by
+  ``torch.compile`` into one fused kernel each.
+- ``checkpoint_layers``: activation checkpointing of the first N decoder layers
+  only (selective instead of full recompute).
+
+None of these changes the function computed: ``tests/test_train_fast.py`` checks
+loss and LoRA gradients against the plain path on the tiny model.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import types
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("reasonflow.train.fast")
+ATTENTION_NAME = "rf_varlen"
+_warned: set[str] = set()
+_BOUNDS: list[list[int]] = [[0]]  # sample boundaries of the micro-batch being run (per-sample fallback)
+
+
+def _note(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        print(f"[fast path] {message}", flush=True)
+        log.info(message)
+
+
+# -- variable-length attention ----------------------------------------------------------------------
+
+def _torch_varlen():
+    """PyTorch's FlashAttention varlen entry point and how to ask it for causal GQA, or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    kwargs = {}
+    if "is_causal" in params:
+        kwargs["is_causal"] = True
+    elif "window_size" in params:
+        kwargs["window_size"] = (-1, 0)  # (-1, 0) = causal in the newer API
+    else:
+        return None
+    if "enable_gqa" in params:
+        kwargs["enable_gqa"] = True
+    return varlen_attn, kwargs, "scale" in params
+
+
+_varlen_checked: dict[tuple, bool] = {}
+
+
+def _varlen_selftest(device: torch.device) -> bool:
+    """Run the kernel once (forward + backward, GQA, two samples) against per-sample SDPA."""
+    fn, extra, _ = _torch_varlen()
+    try:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        q, k, v = (torch.randn(48, h, 64, generator=g).to(device, torch.bfloat16).requires_grad_()
+                   for h in (8, 2, 2))
+        cu = torch.tensor([0, 20, 48], dtype=torch.int32, device=device)
+        out = fn(q, k, v, cu, cu, 28, 28, **extra)
+        out.float().square().sum().backward()
+        ref = torch.cat([F.scaled_dot_product_attention(
+            q[s:e].transpose(0, 1)[None], k[s:e].transpose(0, 1)[None], v[s:e].transpose(0, 1)[None],
+            is_causal=True, enable_gqa=True)[0].transpose(0, 1) for s, e in ((0, 20), (20, 48))])
+        err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+        ok = err < 2e-2 and q.grad is not None and torch.isfinite(q.grad).all().item()
+        if not ok:
+            _note("selftest", f"FlashAttention varlen self-test failed (rel. error {err:.3g}): per-sample SDPA instead")
+        return bool(ok)
+    except Exception as exc:  # an old torch without backward, no GQA support, ...
+        _note("selftest", f"FlashAttention varlen unusable here ({type(exc).__name__}: {exc}): per-sample SDPA")
+        return False
+
+
+def varlen_backend(device: torch.device) -> str:
+    """``flash-varlen`` where PyTorch's varlen kernel runs (and passes its self-test), else ``sdpa-per-sample``."""
+    if device.type != "cuda" or _torch_varlen() is None or torch.cuda.get_device_capability(device)[0] < 8:
+        return "sdpa-per-sample"
+    key = (device.type, device.index)
+    if key not in _varlen_checked:
+        _varlen_checked[key] = _varlen_selftest(device)
+    return "flash-varlen" if _varlen_checked[key] else "sdpa-per-sample"
+
+
+def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention interface: (B, H, T, D) in, (B, T, H, D) out, segments from kwargs.
+
+    The micro-batch is one flattened sequence (B == 1); ``rf_cu_seqlens`` (int32, on the
+    device) delimits the samples. The per-sample fallback reads the same boundaries as a
+    Python list from :data:`_BOUNDS` (kept out of the kwargs so compiled layers never
+    specialise on them).
+    """
+    cu, max_len = kwargs.get("rf_cu_seqlens"), kwargs.get("rf_max_seqlen")
+    if cu is None:
+        raise ValueError("attention 'varlen' needs rf_cu_seqlens: use reasonflow's varlen micro-batches")
+    if query.shape[0] != 1:
+        raise ValueError(f"varlen attention expects one flattened sequence per micro-batch, got batch {query.shape[0]}")
+    if dropout:
+        raise ValueError("varlen attention does not implement attention dropout")
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D) views
+    if _KERNEL:  # chosen once by select_attention(), outside any compiled region
+        fn, extra, has_scale = _KERNEL[0]
+        out = fn(q, k, v, cu, cu, max_len, max_len, **extra, **({"scale": scaling} if has_scale else {}))
+    else:
+        _note("fallback", f"varlen attention on {q.device.type}: FlashAttention varlen kernel not available, "
+                          "running one causal SDPA per sample (exact, slower)")
+        out = torch.empty_like(q)
+        bounds = _BOUNDS[-1]
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            seg = F.scaled_dot_product_attention(
+                q[s:e].transpose(0, 1)[None], k[s:e].transpose(0, 1)[None], v[s:e].transpose(0, 1)[None],
+                is_causal=True, scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
+            out[s:e] = seg[0].transpose(0, 1)
+    return out[None], None
+
+
+_KERNEL: list[tuple] = []  # [(varlen_attn, causal kwargs, takes scale)] when the kernel is in use
+
+
+def register_attention(device: torch.device) -> str:
+    """Register the ``rf_varlen`` attention and pick its kernel for ``device``; returns the backend name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, varlen_attention)
+    backend = varlen_backend(device)
+    _KERNEL.clear()
+    if backend == "flash-varlen":
+        _KERNEL.append(_torch_varlen())
+    return backend
+
+
+# -- fused linear + cross entropy -------------------------------------------------------------------
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(h_i · Wᵀ, y_i) · scale, chunked; dL/dh is formed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, scale, chunk):
+        n = hidden.shape[0]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        ctx.weight_dtype = weight.dtype
+        for s in range(0, n, chunk):
+            h, y = hidden[s : s + chunk], targets[s : s + chunk]
+            if "ce_chunk" in _compiled and grad_w is None:  # one fused pass: bf16 logits in, bf16 grad out
+                loss, g = _compiled["ce_chunk"](h @ weight.t(), y, scale)
+                total += loss
+                if grad_h is not None:
+                    grad_h[s : s + chunk] = g @ weight
+                continue
+            logits = (h @ weight.t()).float()  # what lm_head + .float() gives, one chunk at a time
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None])[:, 0]).sum()
+            if grad_h is None and grad_w is None:
+                continue
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            probs[torch.arange(len(y), device=y.device), y] -= 1.0
+            g = probs.mul_(scale).to(hidden.dtype)
+            if grad_h is not None:
+                grad_h[s : s + chunk] = g @ weight
+            if grad_w is not None:
+                grad_w += (g.t() @ h).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        return gh, gw, None, None, None
+
+
+def linear_cross_entropy(hidden, weight, targets, scale: float, chunk: int = 4096):
+    """Loss ``Σ CE(hidden @ weightᵀ, targets) · scale`` without materialising all logits."""
+    return _LinearCrossEntropy.apply(hidden, weight, targets, scale, chunk)
+
+
+# -- fused RMSNorm and SwiGLU -----------------------------------------------------------------------
+
+def _rms_fwd(x, w, eps: float):
+    xf = x.float()
+    rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * (xf * rstd).to(x.dtype), rstd
+
+
+def _rms_bwd(dy, x, w, rstd):
+    xhat = x.float() * rstd
+    g = (dy * w).float()
+    dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+    return dx.to(x.dtype)
+
+
+def _swiglu_fwd(g, u):
+    return F.silu(g) * u
+
+
+def _swiglu_bwd(dy, g, u):
+    gf, uf, dyf = g.float(), u.float(), dy.float()
+    sig = torch.sigmoid(gf)
+    silu = gf * sig
+    dg = dyf * uf * sig * (1 + gf * (1 - sig))
+    return dg.to(g.dtype), (dyf * silu).to(u.dtype)
+
+
+def _ce_chunk(logits, y, scale: float):
+    """(Σ CE, dCE/dlogits · scale) of one chunk of bf16 logits: compiled into one reduction + one pointwise pass."""
+    lf = logits.float()
+    lse = torch.logsumexp(lf, dim=-1, keepdim=True)
+    loss = (lse[:, 0] - lf.gather(1, y[:, None])[:, 0]).sum()
+    hit = torch.arange(lf.shape[1], device=lf.device)[None, :] == y[:, None]
+    grad = (torch.exp(lf - lse) - hit.to(lf.dtype)) * scale
+    return loss, grad.to(logits.dtype)
+
+
+KERNELS = {"rms_fwd": _rms_fwd, "rms_bwd": _rms_bwd, "swiglu_fwd": _swiglu_fwd, "swiglu_bwd": _swiglu_bwd,
+           "ce_chunk": _ce_chunk}
+_compiled: dict[str, object] = {}
+
+
+def use_compiled_kernels(names) -> None:
+    """Route the named fused ops through ``torch.compile``d bodies (one fused kernel each); others run eager."""
+    for name in list(_compiled):
+        if name not in names:
+            del _compiled[name]
+    for name in names:
+        _compiled.setdefault(name, torch.compile(KERNELS[name], dynamic=True))
+
+
+def _k(name: str):
+    return _compiled.get(name, KERNELS[name])
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, eps):
+        y, rstd = _k("rms_fwd")(x, w, eps)
+        ctx.save_for_backward(x, w, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, rstd = ctx.saved_tensors
+        dx = _k("rms_bwd")(dy, x, w, rstd)
+        dw = None
+        if ctx.needs_input_grad[1]:
+            dw = (dy * (x.float() * rstd).to(x.dtype)).reshape(-1, x.shape[-1]).sum(0).to(w.dtype)
+        return dx, dw, None
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g, u):
+        ctx.save_for_backward(g, u)
+        return _k("swiglu_fwd")(g, u)
+
+    @staticmethod
+    def backward(ctx, dy):
+        g, u = ctx.saved_tensors
+        return _k("swiglu_bwd")(dy, g, u)
+
+
+def _rmsnorm_forward(self, hidden_states):
+    return _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+
+
+def _mlp_forward(self, x):
+    return self.down_proj(_SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+# -- fused LoRA -------------------------------------------------------------------------------------
+
+def _lora_forward(self, x, *args, **kwargs):
+    """y = W x + s · B (A x), adapter in the activations' dtype, accumulated by one addmm."""
+    if self.disable_adapters or self.merged or args or kwargs or len(self.active_adapters) != 1 \
+            or self.active_adapters[0] in getattr(self, "lora_variant", {}):
+        return type(self).forward(self, x, *args, **kwargs)
+    name = self.active_adapters[0]
+    if name not in self.lora_A:
+        return self.base_layer(x)
+    dropout = self.lora_dropout[name]
+    a = F.linear(dropout(x), self.lora_A[name].weight.to(x.dtype))
+    y = self.base_layer(x)
+    shape = y.shape
+    b = self.lora_B[name].weight.to(x.dtype)
+    y = torch.addmm(y.reshape(-1, shape[-1]), a.reshape(-1, a.shape[-1]), b.t(), alpha=self.scaling[name])
+    return y.view(shape)
+
+
+# -- applying and removing the levers ---------------------------------------------------------------
+
+def _is_rmsnorm(mod) -> bool:
+    return type(mod).__name__.endswith("RMSNorm") and hasattr(mod, "variance_epsilon") and hasattr(mod, "weight")
+
+
+def _is_swiglu_mlp(mod) -> bool:
+    act = getattr(getattr(mod, "config", None), "hidden_act", None)
+    return all(hasattr(mod, n) for n in ("gate_proj", "up_proj", "down_proj")) and act == "silu"
+
+
+def apply_fused_modules(model, fused_lora: bool, fused_norm_mlp: bool) -> dict:
+    """Patch module instances in place (idempotent; ``False`` restores the originals)."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    counts = {"lora": 0, "rmsnorm": 0, "mlp": 0}
+    for mod in model.modules():
+        if isinstance(mod, LoraLinear):
+            kind, on, fwd = "lora", fused_lora, _lora_forward
+        elif _is_rmsnorm(mod):
+            kind, on, fwd = "rmsnorm", fused_norm_mlp, _rmsnorm_forward
+        elif _is_swiglu_mlp(mod):
+            kind, on, fwd = "mlp", fused_norm_mlp, _mlp_forward
+        else:
+            continue
+        if on:
+            mod.forward = types.MethodType(fwd, mod)
+            counts[kind] += 1
+        elif "forward" in mod.__dict__:
+            del mod.forward
+    return counts
+
+
+def compile_layers(model, enabled: bool) -> int:
+    """``torch.compile`` every decoder layer (dynamic shapes) or undo it; returns how many."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    n = 0
+    for block in model.modules():
+        if isinstance(block, GradientCheckpointingLayer):
+            if enabled:
+                block.compile(dynamic=True)
+                n += 1
+            else:
+                block._compiled_call_impl = None
+    return n
+
+
+def set_checkpoint_layers(model, enabled: bool, layers: int) -> int:
+    """Checkpoint the first ``layers`` decoder layers (-1 = all); returns how many are checkpointed."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x names
+        enable = lambda: base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)  # noqa: E731
+        disable = base.activation_checkpointing_disable
+    else:
+        enable = lambda: base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)  # noqa: E731
+        disable = base.gradient_checkpointing_disable
+    if not enabled:
+        disable()
+        return 0
+    enable()
+    blocks = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    n = len(blocks) if layers < 0 else min(layers, len(blocks))
+    for i, block in enumerate(blocks):
+        block.gradient_checkpointing = i < n
+    return n
+
+
+# -- the fast forward -------------------------------------------------------------------------------
+
+def _to_device(values, device: torch.device, dtype=torch.long) -> torch.Tensor:
+    t = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":  # pinned + non_blocking: no host sync, the copy queues behind the running work
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+def varlen_loss(model, batch: dict, num_items: int, device: torch.device, fused_loss: bool, chunk: int):
+    """Loss of one varlen micro-batch: answer tokens' CE summed, divided by ``num_items``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    bounds = batch["bounds"]
+    labels = batch["labels"]
+    # next-token targets; a sample's last token predicts nothing (the next sample starts anew)
+    targets = labels[1:] + [-100]
+    for end in bounds[1:]:
+        targets[end - 1] = -100
+    keep = [i for i, t in enumerate(targets) if t != -100]
+    ids = _to_device(batch["input_ids"], device)[None]
+    pos = _to_device(batch["position_ids"], device)[None]
+    attn = {"rf_cu_seqlens": _to_device(bounds, device, torch.int32), "rf_max_seqlen": batch["max_seqlen"]}
+    _BOUNDS.append(bounds)
+    try:
+        if not fused_loss:
+            logits = base(input_ids=ids, position_ids=pos, use_cache=False, **attn).logits[0].float()
+            return F.cross_entropy(logits, _to_device(targets, device), ignore_index=-100, reduction="sum") / num_items
+        hidden = base.get_decoder()(input_ids=ids, position_ids=pos, use_cache=False, **attn).last_hidden_state[0]
+    finally:
+        _BOUNDS.pop()
+    keep_t = _to_device(keep, device)
+    return linear_cross_entropy(hidden.index_select(0, keep_t), base.get_output_embeddings().weight,
+                                _to_device([targets[i] for i in keep], device), 1.0 / num_items, chunk)
