@@ -6,11 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SERVE_VENV := .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed
+NEMO_VENV := .venv-nemo
+NEMO_STAMP := $(NEMO_VENV)/.installed
 FIXTURES := resources/demo/MANIFEST.json
 SNAKEMAKE := $(BIN)/snakemake --profile profiles/local
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help env system fixtures demo test audit lint fmt lock lock-serve slurm-up slurm-down test-slurm clean distclean
+.PHONY: help env nemo-env system fixtures demo test test-nemo audit lint fmt lock lock-serve lock-nemo slurm-up slurm-down test-slurm clean distclean
 
 help:
 	@echo "make demo    - set up, build fixtures, run the workflow on config/demo.yaml"
@@ -39,7 +41,18 @@ $(SERVE_STAMP): requirements/serve.lock
 	$(SERVE_VENV)/bin/pip install -q -r requirements/serve.lock
 	touch $@
 
-env: $(STAMP) $(SERVE_STAMP) system
+# NeMo backend test environment (CPU): nemo_toolkit 2.7 + megatron-core, numpy<2 (see requirements/nemo.in).
+$(NEMO_STAMP): requirements/nemo.lock pyproject.toml
+	@echo ">> creating $(NEMO_VENV) from requirements/nemo.lock (first run only, ~2 min)"
+	$(PYTHON) -m venv $(NEMO_VENV)
+	$(NEMO_VENV)/bin/pip install -q --upgrade pip
+	$(NEMO_VENV)/bin/pip install -q -r requirements/nemo.lock
+	$(NEMO_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+nemo-env: $(NEMO_STAMP)
+
+env: $(STAMP) $(SERVE_STAMP) $(NEMO_STAMP) system
 
 # Debian packages (graphviz for the audit pictures) when running as root; otherwise just a hint.
 system:
@@ -71,7 +84,12 @@ demo: env $(FIXTURES)
 	@echo "  logs:             logs/<rule>/...   benchmarks: benchmarks/<rule>/..."
 
 test: env $(FIXTURES)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --ignore=tests/nemo
+	@echo ">> NeMo backend tests in $(NEMO_VENV)"
+	$(NEMO_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests/nemo
+
+test-nemo: $(NEMO_STAMP)
+	$(NEMO_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests/nemo
 
 audit: env $(FIXTURES)
 	mkdir -p results/audit
@@ -95,6 +113,12 @@ lock:
 	/tmp/reasonflow-lock/bin/pip install -q -r requirements/main.in
 	/tmp/reasonflow-lock/bin/pip freeze > requirements/main.lock
 
+lock-nemo:
+	rm -rf /tmp/reasonflow-nemo-lock && $(PYTHON) -m venv /tmp/reasonflow-nemo-lock
+	/tmp/reasonflow-nemo-lock/bin/pip install -q --upgrade pip
+	/tmp/reasonflow-nemo-lock/bin/pip install -q -r requirements/nemo.in
+	/tmp/reasonflow-nemo-lock/bin/pip freeze > requirements/nemo.lock
+
 lock-serve:
 	rm -rf /tmp/reasonflow-serve-lock && $(PYTHON) -m venv /tmp/reasonflow-serve-lock
 	/tmp/reasonflow-serve-lock/bin/pip install -q --upgrade pip
@@ -115,4 +139,4 @@ clean:
 	rm -rf results logs benchmarks .snakemake
 
 distclean: clean
-	rm -rf $(VENV) $(SERVE_VENV) resources
+	rm -rf $(VENV) $(SERVE_VENV) $(NEMO_VENV) resources

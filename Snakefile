@@ -8,7 +8,17 @@ configfile: "config/demo.yaml"
 include: "rules/common.smk"
 include: "rules/curation.smk"
 include: "rules/merge.smk"
-include: "rules/train.smk"
+
+
+if TRAIN_BACKEND == "nemo":
+
+    include: "rules/train_nemo.smk"
+
+else:
+
+    include: "rules/train.smk"
+
+
 include: "rules/serve.smk"
 include: "rules/evaluate.smk"
 

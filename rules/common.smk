@@ -112,7 +112,44 @@ def merge_settings():
 
 def train_settings():
     """Every config value training depends on (goes through params:)."""
-    return stable(config["train"])
+    return stable(
+        {k: v for k, v in config["train"].items() if k not in ("backend", "nemo")}
+    )
+
+
+TRAIN_BACKEND = config["train"].get("backend", "hf")
+
+
+def nemo_options():
+    """train.nemo with its defaults (image, python, model_config, ...)."""
+    from reasonflow.train.nemo_recipe import NEMO_DEFAULTS
+
+    return {**NEMO_DEFAULTS, **config["train"].get("nemo", {})}
+
+
+def nemo_values(step):
+    """The NeMo recipe values each NeMo job depends on, as JSON for params (exact reruns).
+
+    ``import`` takes only what the conversion needs, so changing a LoRA or optimizer value
+    never re-imports the base model; ``train`` takes every recipe value.
+    """
+    import json
+
+    from reasonflow.train.nemo_recipe import recipe_values
+    from reasonflow.train.settings import TrainSettings
+
+    settings = TrainSettings.from_config(config["train"])
+    values = recipe_values(
+        settings,
+        nemo_options(),
+        base=config["model"]["base"],
+        dataset_root="results/train/nemo/data",
+        restore_path="results/train/nemo/base_model",
+        log_dir="results/train/nemo/run",
+    )
+    if step == "import":
+        values = {k: values[k] for k in ("model.config", "import.source")}
+    return json.dumps(values, sort_keys=True)
 
 
 def eval_source_input(wildcards):

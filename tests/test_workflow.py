@@ -224,3 +224,23 @@ def test_reordered_config_keys_plan_nothing(demo_run):
     path = demo_run / "sorted_keys.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=True))
     assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {}
+
+
+def test_nemo_backend_plans_its_rules_and_imports_once(demo_run):
+    """backend nemo: nemo_import + train replace train; a changed LoRA value does not re-import."""
+    overlay = ["--configfile", "config/demo.yaml", "config/nemo.yaml"]
+    assert planned(snakemake(demo_run, "-n", *overlay)) == {"nemo_import": 1, "train": 1, "deploy": 1,
+                                                            "evaluate": 12, "eval_report": 1, "all": 1}
+    imported = demo_run / "results/train/nemo/base_model"
+    imported.mkdir(parents=True)
+    (imported / "weights").write_text("stand-in: the real import needs a GPU and NeMo\n")
+    snakemake(demo_run, "results/train/nemo/base_model", "--touch", *overlay)  # record it as made
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    cfg["train"].update(backend="nemo", lora_rank=16)
+    (demo_run / "nemo_r16.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = planned(snakemake(demo_run, "-n", "--configfile", "nemo_r16.yaml"))
+    assert "nemo_import" not in jobs and jobs["train"] == 1
+    lint = subprocess.run([str(BIN / "snakemake"), "--lint", "-s", str(REPO / "Snakefile"), "-d", str(demo_run),
+                           *overlay], capture_output=True, text=True, cwd=demo_run)
+    assert "Congratulations" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
+    shutil.rmtree(demo_run / "results/train/nemo")
