@@ -1,8 +1,9 @@
 """``train.backend: nemo``: the seed's NeMo 2 recipe (``nemo_toolkit`` 2.7, ``nemo.collections.llm``).
 
 Needs NeMo (the NeMo container on a cluster, ``.venv-nemo`` for the CPU tests); the values come
-from :func:`reasonflow.train.nemo_recipe.recipe_values`. Three steps, each its own Snakemake rule
-output so a changed LoRA value never re-imports the base model:
+from :func:`reasonflow.train.nemo_recipe.recipe_values`. Three steps; the import is a Snakemake rule
+of its own (``nemo_import``), so a changed LoRA value never re-imports the base model, and the
+``train`` rule runs the other two:
 
 1. :func:`import_base`: HF checkpoint -> NeMo checkpoint (``llm.import_ckpt``);
 2. :func:`finetune`: ``llm.finetune`` with ``llm.peft.LoRA`` over ``training.jsonl``; resumes the
@@ -22,9 +23,6 @@ import os
 import types
 from pathlib import Path
 
-from reasonflow.train.nemo_recipe import recipe_values  # noqa: F401  (re-exported for callers)
-
-ORDER_KEY = "data.order"
 # fusions that need Transformer Engine or apex kernels
 NO_TE_OFF = ("apply_rope_fusion", "persist_layer_norm", "gradient_accumulation_fusion", "bias_activation_fusion",
              "masked_softmax_fusion", "bias_dropout_fusion", "cross_entropy_loss_fusion")
@@ -114,7 +112,7 @@ def build_recipe(values: dict, metrics_csv: str | None = None):
         OrderedFineTuningDataModule, dataset_root=v["data.dataset_root"], seq_length=v["data.seq_length"],
         micro_batch_size=v["data.micro_batch_size"], global_batch_size=v["data.global_batch_size"],
         seed=v["data.seed"], memmap_workers=v["data.memmap_workers"], num_workers=v["data.num_workers"],
-        pin_memory=v["data.pin_memory"], order=v[ORDER_KEY])
+        pin_memory=v["data.pin_memory"], order=v["data.order"])
     ckpt = run.Config(
         nl.ModelCheckpoint, save_last=v["log.ckpt.save_last"], every_n_train_steps=v["log.ckpt.every_n_train_steps"],
         monitor=v["log.ckpt.monitor"], save_top_k=v["log.ckpt.save_top_k"],

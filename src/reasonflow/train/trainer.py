@@ -29,8 +29,8 @@ import torch
 from reasonflow.train.data import (
     IGNORE, Example, JsonlDataset, best_fit, in_order, pad_batch, padded_row, sample_order, varlen_batch,
 )
-
 from reasonflow.train.settings import ALL_LINEAR, METRICS, PLAIN, SPEED_ONLY, TrainSettings  # noqa: F401
+
 
 def lr_lambda(settings: TrainSettings):
     """Linear warmup over ``warmup_ratio`` of the steps, then cosine from lr to min_lr."""
