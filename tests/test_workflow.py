@@ -228,7 +228,7 @@ def test_reordered_config_keys_plan_nothing(demo_run):
 
 def test_nemo_backend_plans_its_rules_and_imports_once(demo_run):
     """backend nemo: nemo_import + train replace train; a changed LoRA value does not re-import."""
-    overlay = ["--configfile", "config/demo.yaml", "config/nemo.yaml"]
+    overlay = ["--configfile", str(REPO / "config/demo.yaml"), str(REPO / "config/nemo.yaml")]
     assert planned(snakemake(demo_run, "-n", *overlay)) == {"nemo_import": 1, "train": 1, "deploy": 1,
                                                             "evaluate": 12, "eval_report": 1, "all": 1}
     imported = demo_run / "results/train/nemo/base_model"
@@ -238,7 +238,7 @@ def test_nemo_backend_plans_its_rules_and_imports_once(demo_run):
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     cfg["train"].update(backend="nemo", lora_rank=16)
     (demo_run / "nemo_r16.yaml").write_text(yaml.safe_dump(cfg))
-    jobs = planned(snakemake(demo_run, "-n", "--configfile", "nemo_r16.yaml"))
+    jobs = planned(snakemake(demo_run, "-n", "--configfile", str(demo_run / "nemo_r16.yaml")))
     assert "nemo_import" not in jobs and jobs["train"] == 1
     lint = subprocess.run([str(BIN / "snakemake"), "--lint", "-s", str(REPO / "Snakefile"), "-d", str(demo_run),
                            *overlay], capture_output=True, text=True, cwd=demo_run)
