@@ -84,7 +84,7 @@ demo: env $(FIXTURES)
 	@echo "  logs:             logs/<rule>/...   benchmarks: benchmarks/<rule>/..."
 
 test: env $(FIXTURES)
-	$(BIN)/python -m pytest -q -ra --ignore=tests/nemo
+	$(BIN)/python -m pytest -q -ra --durations=12 --ignore=tests/nemo
 	@echo ">> NeMo backend tests in $(NEMO_VENV)"
 	$(NEMO_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests/nemo
 
