@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from conftest import REPO
 from reasonflow.train.data import IGNORE, JsonlDataset, pack
-from reasonflow.train.trainer import PLAIN, TrainSettings, build_model, forward_loss, micro_batches
+from reasonflow.train.trainer import (
+    KILL_AFTER_CHECKPOINT, PLAIN, TrainSettings, build_model, forward_loss, micro_batches,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -85,20 +87,16 @@ def test_packing_matches_unpacked_loss_and_gradients(tok, tmp_path, demo_dir):
     assert run([plain])[0] != pytest.approx(lu, rel=1e-4)
 
 
-def _train(tmp_path, demo_dir, training, settings: dict, name="run", wait_for_kill=None):
+def _train(tmp_path, demo_dir, training, settings: dict, name="run", kill_after=None):
+    """Run the trainer CLI; with ``kill_after=N`` it SIGKILLs itself right after checkpoint N."""
     cmd = [sys.executable, "-m", "reasonflow.train", "--base", str(demo_dir / "model"), "--training", training,
            "--settings", json.dumps(settings), "--out", str(tmp_path / name), "--device", "cpu"]
-    if wait_for_kill is None:
-        subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, timeout=600)
-        return tmp_path / name
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not list((tmp_path / name / "checkpoints").glob(f"*/{wait_for_kill}/COMPLETE")):
-        assert proc.poll() is None, "training ended before the checkpoint to kill at"
-        assert time.time() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    env = {**os.environ, KILL_AFTER_CHECKPOINT: str(kill_after)} if kill_after else None
+    proc = subprocess.run(cmd, capture_output=True, cwd=REPO, timeout=600, env=env)
+    if kill_after:
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    else:
+        assert proc.returncode == 0, proc.stderr[-2000:]
     return tmp_path / name
 
 
@@ -124,7 +122,9 @@ def test_killed_run_resumes_to_the_same_adapter(tok, tmp_path, demo_dir):
     settings = {"max_steps": 8, "global_batch_size": 6, "lr": 2e-3, "max_length": 256, "lora_rank": 8,
                 "lora_alpha": 16, "checkpoint_every": 2, "keep_last": 2, "data_order": "shuffle", "seed": 7}
     straight = _train(tmp_path, demo_dir, training, settings, name="straight")
-    _train(tmp_path, demo_dir, training, settings, name="killed", wait_for_kill="step-0000004")
+    killed = _train(tmp_path, demo_dir, training, settings, name="killed", kill_after=4)
+    assert sorted(p.name for p in (killed / "checkpoints").glob("*/step-*")) == ["step-0000002", "step-0000004"]
+    assert not (killed / "adapter").exists()
     resumed = _train(tmp_path, demo_dir, training, settings, name="killed")
     a = load_file(straight / "adapter" / "adapter_model.safetensors")
     b = load_file(resumed / "adapter" / "adapter_model.safetensors")

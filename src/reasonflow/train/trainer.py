@@ -184,6 +184,11 @@ def checkpoint_root(parent, base: str, training: str, settings: TrainSettings) -
     return Path(parent) / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
+# Fault injection: the process SIGKILLs itself right after writing this step's checkpoint, as a
+# preempted job would die; tests/test_train.py uses it to prove the resume is exact.
+KILL_AFTER_CHECKPOINT = "RF_KILL_AFTER_CHECKPOINT"
+
+
 # -- checkpoints ------------------------------------------------------------------------------------
 
 def _rng_state() -> dict:
@@ -301,6 +306,10 @@ def train(
         if step % settings.checkpoint_every == 0 or step == settings.max_steps:
             save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last)
             _write_metrics(out_metrics, metrics_rows)
+            if os.environ.get(KILL_AFTER_CHECKPOINT) == str(step):  # fault injection for the resume test
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
     pool.shutdown(wait=True)
     bar.close()
     if writer:
