@@ -81,9 +81,7 @@ def _varlen_selftest(device: torch.device) -> bool:
         cu = torch.tensor([0, 20, 48], dtype=torch.int32, device=device)
         out = fn(q, k, v, cu, cu, 28, 28, **extra)
         out.float().square().sum().backward()
-        ref = torch.cat([F.scaled_dot_product_attention(
-            q[s:e].transpose(0, 1)[None], k[s:e].transpose(0, 1)[None], v[s:e].transpose(0, 1)[None],
-            is_causal=True, enable_gqa=True)[0].transpose(0, 1) for s, e in ((0, 20), (20, 48))])
+        ref = _per_sample_sdpa(q, k, v, [0, 20, 48], None)
         err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
         ok = err < 2e-2 and q.grad is not None and torch.isfinite(q.grad).all().item()
         if not ok:
@@ -120,20 +118,25 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     if dropout:
         raise ValueError("varlen attention does not implement attention dropout")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D) views
-    if _KERNEL:  # chosen once by select_attention(), outside any compiled region
+    if _KERNEL:  # chosen once by register_attention(), outside any compiled region
         fn, extra, has_scale = _KERNEL[0]
         out = fn(q, k, v, cu, cu, max_len, max_len, **extra, **({"scale": scaling} if has_scale else {}))
     else:
         _note("fallback", f"varlen attention on {q.device.type}: FlashAttention varlen kernel not available, "
                           "running one causal SDPA per sample (exact, slower)")
-        out = torch.empty_like(q)
-        bounds = _BOUNDS[-1]
-        for s, e in zip(bounds[:-1], bounds[1:]):
-            seg = F.scaled_dot_product_attention(
-                q[s:e].transpose(0, 1)[None], k[s:e].transpose(0, 1)[None], v[s:e].transpose(0, 1)[None],
-                is_causal=True, scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
-            out[s:e] = seg[0].transpose(0, 1)
+        out = _per_sample_sdpa(q, k, v, _BOUNDS[-1], scaling)
     return out[None], None
+
+
+def _per_sample_sdpa(q, k, v, bounds: list[int], scale):
+    """Causal SDPA on each ``[bounds[i], bounds[i+1])`` slice of (T, H, D) tensors: exact, no mask."""
+    out = torch.empty_like(q)
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        seg = F.scaled_dot_product_attention(
+            q[s:e].transpose(0, 1)[None], k[s:e].transpose(0, 1)[None], v[s:e].transpose(0, 1)[None],
+            is_causal=True, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+        out[s:e] = seg[0].transpose(0, 1)
+    return out
 
 
 _KERNEL: list[tuple] = []  # [(varlen_attn, causal kwargs, takes scale)] when the kernel is in use
