@@ -23,6 +23,9 @@ import os
 import types
 from pathlib import Path
 
+# recipe_values keys that are no attribute path of the built recipe (read back on their own, or not at all)
+NOT_ATTRIBUTE_PATHS = ("model.config", "data.order", "import.source", "export.target")
+
 # fusions that need Transformer Engine or apex kernels
 NO_TE_OFF = ("apply_rope_fusion", "persist_layer_norm", "gradient_accumulation_fusion", "bias_activation_fusion",
              "masked_softmax_fusion", "bias_dropout_fusion", "cross_entropy_loss_fusion")
@@ -140,20 +143,12 @@ def build_recipe(values: dict, metrics_csv: str | None = None):
 
 def read_back(recipe) -> dict:
     """The recipe's values under the keys of :func:`recipe_values` (what a test compares)."""
+    from reasonflow.train.nemo_recipe import recipe_values
+    from reasonflow.train.settings import TrainSettings
+
     out = {}
-    for key in ("peft.dim", "peft.alpha", "peft.dropout", "peft.target_modules", "optim.config.optimizer",
-                "optim.config.lr", "optim.config.weight_decay", "optim.config.clip_grad",
-                "optim.config.use_distributed_optimizer", "optim.config.bf16", "optim.lr_scheduler.warmup_steps",
-                "optim.lr_scheduler.constant_steps", "optim.lr_scheduler.min_lr", "data.seq_length",
-                "data.micro_batch_size", "data.global_batch_size", "data.seed", "data.memmap_workers",
-                "data.num_workers", "data.pin_memory", "data.dataset_root", "trainer.max_steps",
-                "trainer.devices", "trainer.num_nodes", "trainer.accelerator", "trainer.log_every_n_steps",
-                "trainer.limit_val_batches", "trainer.val_check_interval", "trainer.num_sanity_val_steps",
-                "trainer.use_distributed_sampler", "trainer.strategy.tensor_model_parallel_size",
-                "trainer.plugins.precision", "log.ckpt.every_n_train_steps", "log.ckpt.save_top_k",
-                "log.ckpt.save_last", "log.ckpt.monitor", "log.ckpt.save_on_train_epoch_end",
-                "log.ckpt.save_optim_on_train_end", "log.log_dir", "resume.resume_if_exists",
-                "resume.restore_config.path"):
+    for key in recipe_values(TrainSettings()):  # every key that is an attribute path of the run.Partial
+        if key not in NOT_ATTRIBUTE_PATHS:
             obj = recipe
             for part in key.split("."):
                 obj = getattr(obj, part)
