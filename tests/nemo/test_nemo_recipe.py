@@ -132,3 +132,27 @@ def test_cli_prepares_the_dataset_root(tmp_path):
     link = tmp_path / "root" / "training.jsonl"
     assert link.is_symlink() and link.resolve() == training.resolve()
     assert (tmp_path / "root" / "validation.jsonl").read_text().strip() == training.read_text().strip()
+
+
+def test_metrics_callback_keeps_rows_up_to_the_resumed_step(tmp_path):
+    """A resumed NeMo run keeps the metrics of the steps its checkpoint covers, then appends."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from reasonflow.train.nemo_data import MetricsCSV
+    from reasonflow.train.trainer import read_metrics, write_metrics
+
+    path = tmp_path / "metrics.csv"
+    nan = math.nan
+    write_metrics(str(path), [{"step": s, "loss": 2.0 / s, "lr": 1e-4, "samples": 4 * s, "tokens": nan,
+                               "tokens_per_s": nan, "memory_mb": nan, "grad_norm": nan} for s in (1, 2, 3)])
+    cb = MetricsCSV(str(path))
+    cb.on_train_start(SimpleNamespace(global_step=2), None)  # the checkpoint was taken after step 2
+    metrics = {"reduced_train_loss": torch.tensor(0.5), "lr": torch.tensor(2e-5), "consumed_samples": torch.tensor(12)}
+    cb.on_train_batch_end(SimpleNamespace(global_step=3, callback_metrics=metrics), None, None, None, 0)
+    rows = read_metrics(str(path), upto=10**9)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[1]["loss"] == 1.0 and rows[2]["loss"] == 0.5 and rows[2]["samples"] == 12
+    assert math.isnan(rows[2]["tokens"]) and math.isclose(rows[2]["lr"], 2e-5, rel_tol=1e-6)

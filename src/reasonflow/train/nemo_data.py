@@ -12,7 +12,7 @@ serialise it into a checkpoint's context.
 from __future__ import annotations
 
 import csv
-import time
+import math
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from nemo.collections.llm.gpt.data.fine_tuning import FineTuningDataModule
 from nemo.collections.llm.gpt.data.utils import _OnlineSampleMapping
 
 from reasonflow.train.settings import METRICS
+from reasonflow.train.trainer import read_metrics, write_metrics
 
 
 class OrderedFineTuningDataModule(FineTuningDataModule):
@@ -44,39 +45,26 @@ class MetricsCSV(Callback):
     """One row per optimizer step in the trainer's ``metrics.csv`` columns (what the report plots).
 
     NeMo reports the loss as ``reduced_train_loss`` and the consumed samples; tokens, tokens/s
-    and the gradient norm are not reported there (left empty). A resumed run keeps the rows up
-    to its checkpoint's step and continues.
+    and the gradient norm are not reported there (written as ``nan``). A resumed run keeps the
+    rows up to its checkpoint's step and continues.
     """
 
     def __init__(self, path: str):
         self.path = Path(path)
-        self._t = None
 
     def on_train_start(self, trainer, pl_module):
-        rows = []
-        if self.path.exists():
-            with open(self.path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= trainer.global_step]
-        self._write(rows)
-        self._t = time.perf_counter()
+        write_metrics(str(self.path), read_metrics(str(self.path), upto=trainer.global_step))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         m = trainer.callback_metrics
 
         def val(key):
             v = m.get(key)
-            return float(v) if v is not None else ""
+            return float(v) if v is not None else math.nan
 
-        mem = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else ""
+        mem = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else math.nan
         row = {"step": trainer.global_step, "loss": val("reduced_train_loss"), "lr": val("lr"),
-               "samples": val("consumed_samples"), "tokens": "", "tokens_per_s": "", "memory_mb": mem,
-               "grad_norm": ""}
+               "samples": val("consumed_samples"), "tokens": math.nan, "tokens_per_s": math.nan, "memory_mb": mem,
+               "grad_norm": math.nan}
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=METRICS).writerow(row)
-
-    def _write(self, rows):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=METRICS)
-            w.writeheader()
-            w.writerows(rows)

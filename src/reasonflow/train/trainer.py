@@ -260,7 +260,7 @@ def train(
     if resumable := complete_checkpoints(ckpt):
         step, samples = load_checkpoint(resumable[-1], model, optimizer, scheduler)
         print(f"resuming from {resumable[-1]} (step {step}, {samples} samples consumed)", flush=True)
-    metrics_rows = _read_metrics(out_metrics, upto=step)
+    metrics_rows = read_metrics(out_metrics, upto=step)
     order = sample_order(len(data), settings.data_order, settings.seed)
     for _ in range(samples):  # skip what the checkpoint already consumed (same order, same position)
         next(order)
@@ -305,7 +305,7 @@ def train(
         bar.update(1)
         if step % settings.checkpoint_every == 0 or step == settings.max_steps:
             save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last)
-            _write_metrics(out_metrics, metrics_rows)
+            write_metrics(out_metrics, metrics_rows)
             if os.environ.get(KILL_AFTER_CHECKPOINT) == str(step):  # fault injection for the resume test
                 import signal
 
@@ -314,7 +314,7 @@ def train(
     bar.close()
     if writer:
         writer.close()
-    _write_metrics(out_metrics, metrics_rows)
+    write_metrics(out_metrics, metrics_rows)
     model.save_pretrained(out_adapter)
     if out_merged:
         model.merge_and_unload().save_pretrained(out_merged)
@@ -333,7 +333,8 @@ def _memory_mb(dev: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _read_metrics(path: str, upto: int) -> list[dict]:
+def read_metrics(path: str, upto: int) -> list[dict]:
+    """Rows of ``metrics.csv`` up to step ``upto`` (empty cells, as older files have them, read as nan)."""
     if not os.path.exists(path):
         return []
     with open(path, newline="") as fh:
@@ -341,7 +342,8 @@ def _read_metrics(path: str, upto: int) -> list[dict]:
                 for r in csv.DictReader(fh) if int(r["step"]) <= upto]
 
 
-def _write_metrics(path: str, rows: list[dict]) -> None:
+def write_metrics(path: str, rows: list[dict]) -> None:
+    """``metrics.csv`` in the METRICS columns, replaced atomically."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w", newline="") as fh:
@@ -357,7 +359,7 @@ def plot_loss(metrics_csv: str, out_png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _read_metrics(metrics_csv, upto=10**12)
+    rows = read_metrics(metrics_csv, upto=10**12)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss (answer tokens)")
     ax.set_xlabel("optimizer step")
