@@ -50,12 +50,16 @@ def category(name: str) -> str:
 
 
 def parse_overrides(items: list[str]) -> dict:
+    """``FIELD=VALUE`` pairs: VALUE as JSON (true, 8192, ...), else as a plain string (sdpa)."""
     out = {}
     for item in items:
         key, _, raw = item.partition("=")
         if key not in {f.name for f in dataclasses.fields(TrainSettings)}:
             raise SystemExit(f"--set {item!r}: {key!r} is not a TrainSettings field")
-        out[key] = json.loads(raw) if raw not in ("true", "false") else raw == "true"
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
     return out
 
 
@@ -66,7 +70,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2, help="profiled optimizer steps")
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="override a TrainSettings field")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a TrainSettings field")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
     from transformers import LlamaConfig, LlamaForCausalLM
