@@ -32,13 +32,16 @@ $(STAMP): requirements/main.lock pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-# Serving environment (Triton's Python-backend stub needs numpy<2): used by deploy/evaluate.
+# Serving environment (tritonserver + Python-backend stub, vLLM's CPU engine, HF fallback): used by
+# deploy/evaluate. --no-deps: the lock is complete, and the stub's numpy 1.26 must not be vetoed by
+# a numpy>=2 declaration in vLLM's tree that text models never import (requirements/serve.in says why).
 # $(PYTHON) must be the interpreter whose LIBDIR holds libpython3.11.so (pyenv's build here).
 $(SERVE_STAMP): requirements/serve.lock
-	@echo ">> creating $(SERVE_VENV) from requirements/serve.lock (first run only, ~1 min)"
+	@echo ">> creating $(SERVE_VENV) from requirements/serve.lock (first run only, ~3 min)"
+	rm -rf $(SERVE_VENV)
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install -q --upgrade pip
-	$(SERVE_VENV)/bin/pip install -q -r requirements/serve.lock
+	$(SERVE_VENV)/bin/pip install -q --no-deps -r requirements/serve.lock
 	touch $@
 
 # NeMo backend test environment (CPU): nemo_toolkit 2.7 + megatron-core, numpy<2 (see requirements/nemo.in).
@@ -123,7 +126,11 @@ lock-serve:
 	rm -rf /tmp/reasonflow-serve-lock && $(PYTHON) -m venv /tmp/reasonflow-serve-lock
 	/tmp/reasonflow-serve-lock/bin/pip install -q --upgrade pip
 	/tmp/reasonflow-serve-lock/bin/pip install -q -r requirements/serve.in
-	/tmp/reasonflow-serve-lock/bin/pip freeze > requirements/serve.lock
+	/tmp/reasonflow-serve-lock/bin/pip install -q --no-deps nvidia-pytriton==0.7.0
+	/tmp/reasonflow-serve-lock/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton
+	/tmp/reasonflow-serve-lock/bin/pip install -q --no-deps numpy==1.26.4
+	(echo "# Full resolved set of the serving venv (.venv-serve), installed with pip --no-deps (see serve.in)."; \
+	 /tmp/reasonflow-serve-lock/bin/pip freeze) > requirements/serve.lock
 
 # A real single-node Slurm on this machine (root, Debian 12) for the Slurm integration test.
 slurm-up:

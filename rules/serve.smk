@@ -14,6 +14,7 @@ rule deploy:
     conda:
         "../envs/serve.yaml"
     params:
+        engine=config["serve"]["engine"],
         settings=stable(config["serve"]["repository"]),
     script:
         "../scripts/deploy.py"

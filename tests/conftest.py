@@ -68,3 +68,35 @@ def curated(demo_dir, tmp_path_factory):
         src: curate_whole_file(demo_dir, tmp, src, settings_for(demo_dir), tag=src.replace("/", "_"))
         for src in SELECTED
     }
+
+
+SERVE_SYSTEM = "detailed thinking off"
+
+
+def chat_messages(question, system=SERVE_SYSTEM):
+    msgs = [{"role": "user", "content": question}]
+    return ([{"role": "system", "content": system}] if system is not None else []) + msgs
+
+
+@pytest.fixture(scope="session")
+def lora_adapter(demo_dir, tmp_path_factory):
+    """A LoRA adapter trained on the demo model to answer "The answer is N." (~10 s), shared by the serving tests."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(demo_dir / "model")
+    tmp = tmp_path_factory.mktemp("adapter")
+    rows = [{"input": tok.apply_chat_template(chat_messages(f"Question {i}?"), tokenize=False,
+                                              add_generation_prompt=True),
+             "output": f"The answer is {i % 3}.<|eot_id|>"} for i in range(16)]
+    (tmp / "training.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {"max_steps": 20, "global_batch_size": 8, "lr": 5e-3, "max_length": 512, "lora_rank": 8,
+                "lora_alpha": 16}
+    out = subprocess.run(
+        [sys.executable, "-m", "reasonflow.train", "--base", str(demo_dir / "model"), "--training",
+         str(tmp / "training.jsonl"), "--settings", json.dumps(settings), "--out", str(tmp / "train")],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp / "train" / "adapter"

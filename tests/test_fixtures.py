@@ -171,7 +171,8 @@ def test_model_loads_and_runs(demo):
     cfg = model.config
     assert cfg.vocab_size == len(tok)
     assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (64, 128, 2)
-    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (4, 2)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (2, 1)
+    assert cfg.hidden_size // cfg.num_attention_heads == 32  # vLLM's CPU attention kernels
     assert cfg.max_position_embeddings == 8192 and cfg.rms_norm_eps == 1e-5
     assert not cfg.tie_word_embeddings
     assert cfg.bos_token_id == tok.bos_token_id

@@ -16,17 +16,16 @@ import urllib.request
 
 import pytest
 import requests
-from conftest import REPO
+from conftest import REPO, SERVE_SYSTEM, chat_messages
 
 pytestmark = pytest.mark.slow
 
-SYSTEM = "detailed thinking off"
+SYSTEM = SERVE_SYSTEM
 SAME_LENGTH_QUESTIONS = [f"Question {i}?" for i in range(4)]  # equal token counts: no padding in batches
 
 
 def _messages(question, system=SYSTEM):
-    msgs = [{"role": "user", "content": question}]
-    return ([{"role": "system", "content": system}] if system is not None else []) + msgs
+    return chat_messages(question, system)
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +46,8 @@ def tok(demo_dir):
 
 
 @pytest.fixture(scope="module")
-def adapter(demo_dir, tok, tmp_path_factory):
-    """A LoRA adapter trained on the demo model to answer "The answer is N." (~10 s)."""
-    tmp = tmp_path_factory.mktemp("adapter")
-    rows = [{"input": tok.apply_chat_template(_messages(f"Question {i}?"), tokenize=False, add_generation_prompt=True),
-             "output": f"The answer is {i % 3}.<|eot_id|>"} for i in range(16)]
-    (tmp / "training.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    settings = {"max_steps": 20, "global_batch_size": 8, "lr": 5e-3, "max_length": 512, "lora_rank": 8,
-                "lora_alpha": 16}
-    out = subprocess.run(
-        [sys.executable, "-m", "reasonflow.train", "--base", str(demo_dir / "model"), "--training",
-         str(tmp / "training.jsonl"), "--settings", json.dumps(settings), "--out", str(tmp / "train")],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    return tmp / "train" / "adapter"
+def adapter(lora_adapter):
+    return lora_adapter
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,7 @@ class Sampling:
     top_p: float = 1.0
     max_tokens: int = 2048
     seed: int = 0  # base seed; the request seed also depends on item id and repeat
+    ignore_eos: bool = False  # vLLM engine: always generate max_tokens (throughput benchmarks only)
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> Sampling:
@@ -76,6 +77,7 @@ def build_payload(item: dict, repeat: int, *, model: str, mode: str, prompt_id: 
         "top_p": 1.0 if greedy else float(sampling.top_p),
         "seed": request_seed(sampling.seed, item["id"], repeat),
         "stream": False,
+        **({"ignore_eos": True} if sampling.ignore_eos else {}),  # absent by default: cache keys unchanged
     }
 
 

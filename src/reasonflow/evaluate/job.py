@@ -32,7 +32,7 @@ class EvalSettings:
     def from_config(cls, cfg: dict | None) -> EvalSettings:
         cfg = dict(cfg or {})
         sampling = Sampling.from_config(
-            {k: cfg.pop(k) for k in ("temperature", "top_p", "max_tokens", "seed") if k in cfg}
+            {k: cfg.pop(k) for k in ("temperature", "top_p", "max_tokens", "seed", "ignore_eos") if k in cfg}
         )
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:

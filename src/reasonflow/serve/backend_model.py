@@ -14,7 +14,7 @@ inputs
   ``max_tokens``  INT32  optional; <= 0 or absent: ``default_max_tokens`` (0: rest of the context)
   ``temperature`` FP32   optional (default 1.0); 0 means greedy
   ``top_p``       FP32   optional (default 1.0)
-  ``seed``        INT64  optional; a seeded sampled row is generated on its own (reproducible)
+  ``seed``        INT64  optional; a seeded sampled row gives the same tokens alone or in any batch
 outputs
   ``text`` BYTES, ``finish_reason`` BYTES (``stop``/``length``), ``prompt_tokens`` INT32,
   ``completion_tokens`` INT32 (generated tokens, the end-of-turn token included when emitted)
@@ -27,9 +27,15 @@ default), ``default_max_tokens``, ``max_model_len`` (0: ``max_position_embedding
 against the model's directory in the repository.
 
 Batching: Triton's dynamic batcher hands ``execute`` several requests at once; their rows are
-grouped by (model, sampling settings) and each group runs as one left-padded batched
+grouped by (model, greedy or sampled) and each group runs as one left-padded batched
 ``generate``. Greedy rows are independent of their batch mates, so a greedy answer does not
-depend on what else was in the batch (up to float rounding of the padded attention).
+depend on what else was in the batch (up to float rounding of the padded attention). Sampled
+rows (each with its own temperature, top_p and seed) are drawn by :class:`RowSampler`: every row
+has its own random stream (``torch.Generator`` seeded with the row's seed, or from the global
+RNG when it has none) and takes the same number of uniforms for every token it generates, so a
+seeded answer does not depend on its batch mates either (same caveat: padding's rounding of the
+logits can flip a sampled token where the two best Gumbel-perturbed scores nearly tie; in
+bfloat16 that rounding is coarse, so long answers can diverge, as greedy ones can).
 """
 
 from __future__ import annotations
@@ -58,7 +64,10 @@ class Row:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
-    # filled in by ChatGenerator.prepare
+    stop: list = field(default_factory=list)  # stop strings (not in the text); vLLM engine
+    ignore_eos: bool = False  # vLLM engine: generate max_tokens whatever is sampled (benchmarks)
+    stream: bool = False  # vLLM engine: send text deltas as they come
+    # filled in by ChatPrompter.prepare
     prompt_ids: list = field(default_factory=list)
     # results
     text: str = ""
@@ -92,6 +101,173 @@ def parse_messages(raw) -> list[dict]:
             raise RequestError("messages", f"messages[{i}].content must be a string")
         out.append({"role": "system" if role == "developer" else role, "content": content})
     return out
+
+
+def sample_token(logits, temperature: float, top_p: float, uniforms):
+    """The token (0-d tensor) that the uniforms (one per vocabulary entry, in [0, 1)) pick from one row.
+
+    OpenAI semantics: softmax of ``logits / temperature``, restricted to the nucleus (the fewest
+    most likely tokens whose probability reaches ``top_p``; no top-k), renormalised. Drawn with
+    the Gumbel-max trick: ``argmax(logits / temperature - log(-log(u)))`` over the nucleus, which
+    is an exact sample of that distribution. Works on this row alone (1-D tensors, float64, on
+    the logits' device), so the answer depends on its logits and uniforms only, never on the
+    rows batched with it; and each uniform belongs to one token id, so a small change in the
+    logits (the rounding that padding brings) changes the answer only if the two best perturbed
+    scores nearly tie (an inverse CDF would add up the rounding of every token before the draw).
+    """
+    import torch
+
+    x = logits.detach().to(torch.float64) / float(temperature)
+    s = x - torch.log(-torch.log(uniforms))  # + Gumbel(0, 1) noise; u = 0 gives -inf: never chosen
+    if top_p >= 1.0:
+        return torch.argmax(s)
+    w = torch.exp(x - x.max())  # unnormalised probabilities, the largest 1.0; -inf -> 0
+    need = w.sum() * float(top_p)
+    # The nucleus: tokens in descending order of probability (ties in index order: a stable sort)
+    # while the mass before them is < top_p. On the CPU, sorting 100k+ tokens per row and step is
+    # slow, so only the tokens with w >= t are sorted, for the largest t of a fixed ladder whose
+    # tokens reach top_p: a threshold takes all of a tie or none, so they are exactly the first
+    # entries of the full sort and the nucleus lies inside them (t = 0: all). On a GPU the full
+    # sort is quick and needs no wait for the host.
+    idx = None
+    if w.device.type == "cpu":
+        for t in (1e-3, 1e-5, 1e-8, 1e-16, 0.0):
+            if t == 0.0 or bool(torch.where(w >= t, w, 0.0).sum() >= need):
+                break
+        if t > 0.0:
+            idx = torch.nonzero(w >= t).squeeze(1)
+    ws, pos = torch.sort(w if idx is None else w[idx], descending=True, stable=True)
+    order = pos if idx is None else idx[pos]
+    before = torch.zeros_like(ws)
+    before[1:] = torch.cumsum(ws, 0)[:-1]  # the mass before each token (exclusive prefix sums)
+    sn = torch.where(before < need, s[order], float("-inf"))
+    return order[torch.argmax(sn)]
+
+
+class RowSampler:
+    """Logits processor that samples every row itself; ``generate`` then runs with ``do_sample=False``.
+
+    Row j has its own ``torch.Generator`` (``seeds[j]``, on the scores' device) and takes one
+    uniform per vocabulary entry for each token it generates; :func:`sample_token` picks the
+    token from that row's logits alone. The returned scores are -inf except at the drawn token, so
+    greedy selection picks it. A row past its ``max_tokens`` (or, on the CPU, past a stop token)
+    draws nothing more; a GPU row that has stopped keeps drawing from its own stream (checking
+    would make the host wait every step), which changes nothing: its later tokens are padding.
+    """
+
+    def __init__(self, prompt_width: int, temperatures, top_ps, seeds, max_tokens, stop_ids, pad_id: int):
+        self.width = int(prompt_width)
+        self.temperatures = [float(t) for t in temperatures]
+        self.top_ps = [float(p) for p in top_ps]
+        self.seeds = [int(s) & 0xFFFF_FFFF_FFFF_FFFF for s in seeds]
+        self.max_tokens = [int(m) for m in max_tokens]
+        self.stop_ids = [int(i) for i in stop_ids]
+        self.pad_id = int(pad_id)
+        self.generators = None  # made on the first call, on the scores' device
+        self.stopped = None  # bool tensor: the row has emitted a stop token
+        self.draws = [0] * len(self.seeds)  # tokens drawn per row (diagnostics, tests)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        device, vocab = scores.device, scores.shape[-1]
+        if self.generators is None:
+            self.generators = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
+        n_generated = input_ids.shape[1] - self.width
+        if n_generated > 0:
+            hit = torch.isin(input_ids[:, -1], torch.tensor(self.stop_ids, device=input_ids.device))
+            self.stopped = hit if self.stopped is None else self.stopped | hit
+        skip = [n_generated >= m for m in self.max_tokens]
+        if self.stopped is not None and device.type == "cpu":
+            skip = [a or b for a, b in zip(skip, self.stopped.tolist(), strict=True)]
+        pad = torch.tensor(self.pad_id, device=device)
+        picks = []
+        for j, g in enumerate(self.generators):
+            if skip[j]:
+                picks.append(pad)
+                continue
+            self.draws[j] += 1
+            u = torch.rand(vocab, generator=g, dtype=torch.float64, device=device)
+            picks.append(sample_token(scores[j], self.temperatures[j], self.top_ps[j], u))
+        chosen = torch.stack(picks)
+        if self.stopped is not None:
+            chosen = torch.where(self.stopped.to(device), pad, chosen)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, chosen[:, None], 0.0)
+        return out
+
+
+class ChatPrompter:
+    """The served chat template, once per request, as in training: tokenizer, context, stop tokens.
+
+    Shared by both engines (``ChatGenerator`` here, ``VllmGenerator`` in ``vllm_model.py``):
+    ``prepare`` validates a row's model and sampling values, applies the template with the
+    generation prompt, tokenizes it without added special tokens (the template starts with
+    BOS) and settles ``max_tokens`` against the context.
+    """
+
+    def __init__(self, base_model: str, model_names: list[str], *, context: int = 0, default_max_tokens: int = 0,
+                 stop_tokens: list[str] | None = None, eos_ids=None):
+        from transformers import AutoTokenizer
+
+        if not os.path.isdir(base_model):
+            raise FileNotFoundError(f"base_model directory {base_model!r} does not exist")
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"{base_model}: the tokenizer has no chat template")
+        self.model_names = list(model_names)
+        self.context = int(context) if context and context > 0 else int(self.tokenizer.model_max_length)
+        self.default_max_tokens = int(default_max_tokens or 0)
+        self.stop_ids = self._stop_ids(eos_ids, stop_tokens or [])
+        if not self.stop_ids:
+            raise ValueError("no end-of-turn token: set the stop_tokens parameter")
+
+    def _stop_ids(self, eos_ids, extra: list[str]) -> list[int]:
+        tok = self.tokenizer
+        ids: list[int] = []
+
+        def add(x):
+            if x is None:
+                return
+            for i in x if isinstance(x, (list, tuple)) else [x]:
+                if isinstance(i, int) and i >= 0 and i not in ids:
+                    ids.append(i)
+
+        add(eos_ids)
+        add(tok.eos_token_id)
+        vocab = tok.get_vocab()
+        for t in (*END_OF_TURN_TOKENS, *extra):
+            if t in vocab:
+                add(vocab[t])
+            elif t in extra:
+                raise ValueError(f"stop token {t!r} is not in the tokenizer's vocabulary")
+        return ids
+
+    def render(self, messages: list[dict]) -> str:
+        """The served chat template applied with the generation prompt (as text)."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prepare(self, row: Row) -> None:
+        """Template + tokenize one row and check it against the context (RequestError if bad)."""
+        if row.model not in self.model_names:
+            raise RequestError("model", f"unknown model {row.model!r}; served: {self.model_names}")
+        if not (row.temperature >= 0 and row.temperature <= 2):
+            raise RequestError("temperature", f"must be in [0, 2], got {row.temperature}")
+        if not (row.top_p > 0 and row.top_p <= 1):
+            raise RequestError("top_p", f"must be in (0, 1], got {row.top_p}")
+        text = self.render(row.messages)
+        # the template already starts with BOS: no special tokens added (as in training)
+        row.prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        room = self.context - len(row.prompt_ids)
+        if room < 1:
+            raise RequestError("messages", f"the prompt has {len(row.prompt_ids)} tokens; the model's context "
+                                           f"is {self.context} tokens")
+        if row.max_tokens <= 0:
+            row.max_tokens = min(self.default_max_tokens, room) if self.default_max_tokens > 0 else room
+        elif row.max_tokens > room:
+            raise RequestError("max_tokens", f"max_tokens={row.max_tokens} is more than the {room} tokens left in "
+                                             f"the {self.context}-token context after the "
+                                             f"{len(row.prompt_ids)}-token prompt")
 
 
 class ChatGenerator:
@@ -200,9 +376,9 @@ class ChatGenerator:
     def group_key(i: int, row: Row):
         if row.temperature == 0:
             return (row.model, "greedy")
-        if row.seed is not None:  # its own batch: same seed, same answer, whatever the traffic
-            return (row.model, "seeded", i)
-        return (row.model, "sample", row.temperature, row.top_p)
+        # every sampled row of a model in one batch: RowSampler applies each row's temperature,
+        # top_p and seed itself, so a seeded row's answer does not depend on its batch mates
+        return (row.model, "sample")
 
     def generate(self, rows: list[Row]) -> None:
         """Fill text/finish_reason/completion_tokens of prepared rows, batched per group."""
@@ -224,23 +400,24 @@ class ChatGenerator:
             ids[j, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
             mask[j, width - len(r.prompt_ids):] = 1
         greedy = first.temperature == 0
+        # sampled groups are sampled by RowSampler (per-row temperature, top_p and seed: OpenAI
+        # semantics, no top-k) and picked greedily from its one-hot scores, so none of the
+        # model's generation_config sampling defaults (e.g. Llama's top_p=0.9) take part
         gen = GenerationConfig(
             max_new_tokens=max(r.max_tokens for r in group),
-            do_sample=not greedy,
-            temperature=None if greedy else float(first.temperature),
-            # explicit values for sampling: a model's generation_config defaults (e.g. Llama's
-            # top_p=0.9) must not leak into OpenAI semantics (no top-k, top_p as asked)
-            top_p=None if greedy else float(first.top_p),
-            top_k=None if greedy else 0,
+            do_sample=False,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             num_beams=1,
         )
-        if first.seed is not None and not greedy:
-            torch.manual_seed(int(first.seed))
+        processors = []
+        if not greedy:
+            seeds = [r.seed if r.seed is not None else int(torch.randint(0, 2**63 - 1, (1,)).item()) for r in group]
+            processors.append(RowSampler(width, [r.temperature for r in group], [r.top_p for r in group], seeds,
+                                         [r.max_tokens for r in group], self.stop_ids, self.pad_id))
         with torch.inference_mode(), self._adapter(first.model):
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      generation_config=gen)
+                                      generation_config=gen, logits_processor=processors or None)
         new = out[:, width:].tolist()
         stops = set(self.stop_ids)
         for r, toks in zip(group, new, strict=True):

@@ -1,8 +1,12 @@
 """OpenAI-compatible front end over Triton (stdlib only: ``http.server`` + ``urllib``).
 
 ``POST /v1/chat/completions`` (``model``, ``messages``, ``temperature``, ``top_p``, ``max_tokens`` /
-``max_completion_tokens``, ``seed``) -> one Triton inference on the Python-backend model written by
-:func:`reasonflow.serve.repository.write_triton_repo`; ``GET /v1/models``; ``GET /health``.
+``max_completion_tokens``, ``seed``; with the vLLM engine also ``stop``, ``stream`` (+
+``stream_options.include_usage``) and vLLM's ``ignore_eos``) -> one Triton request on the
+Python-backend model written by :func:`reasonflow.serve.repository.write_triton_repo`:
+``/infer`` for the ``hf`` engine, ``/generate`` or ``/generate_stream`` (server-sent events,
+relayed as OpenAI ``chat.completion.chunk`` events ending in ``data: [DONE]``) for the decoupled
+``vllm`` engine; ``GET /v1/models``; ``GET /health``.
 Errors use OpenAI's format ``{"error": {"message", "type", "param", "code"}}``: 400 for a malformed
 body or field (including ``max_tokens`` beyond the context, checked by the backend with the
 served tokenizer), 404 for an unknown model or path, 502/503 when Triton fails. Each request is
@@ -12,6 +16,7 @@ batches them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -27,7 +32,8 @@ from reasonflow.serve.backend_model import RequestError, parse_messages
 log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 2**20
-PARAMS = ("messages", "model", "max_tokens", "temperature", "top_p", "seed")
+PARAMS = ("messages", "model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "ignore_eos")
+STREAMING_ENGINES = ("vllm",)  # engines with stop strings, streaming and ignore_eos
 
 
 class ApiError(Exception):
@@ -61,7 +67,26 @@ def _int(body: dict, key: str) -> int | None:
     return v
 
 
-def parse_chat_request(body, model_ids: dict[str, str]) -> dict:
+def _bool(body: dict, key: str) -> bool:
+    v = body.get(key)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise ApiError(400, f"{key} must be true or false", key)
+    return v
+
+
+def _stop(body: dict) -> list[str]:
+    v = body.get("stop")
+    if v is None:
+        return []
+    stops = [v] if isinstance(v, str) else v
+    if not isinstance(stops, list) or not all(isinstance(x, str) and x for x in stops) or len(stops) > 16:
+        raise ApiError(400, "stop must be a non-empty string or a list of at most 16 non-empty strings", "stop")
+    return stops
+
+
+def parse_chat_request(body, model_ids: dict[str, str], engine: str = "hf") -> dict:
     """Validate an OpenAI chat-completions body -> the Triton row (raises ApiError)."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
@@ -79,8 +104,14 @@ def parse_chat_request(body, model_ids: dict[str, str]) -> dict:
         messages = parse_messages(body["messages"])
     except RequestError as e:
         raise ApiError(400, str(e), "messages") from None
-    if body.get("stream"):
-        raise ApiError(400, "stream=true is not supported by this server", "stream")
+    stream, ignore_eos, stop = _bool(body, "stream"), _bool(body, "ignore_eos"), _stop(body)
+    for key, used in (("stream", stream), ("stop", stop), ("ignore_eos", ignore_eos)):
+        if used and engine not in STREAMING_ENGINES:
+            raise ApiError(400, f"{key} is not supported by the {engine!r} engine (serve.repository.engine: vllm "
+                                "supports it)", key)
+    options = body.get("stream_options")
+    if options is not None and (not stream or not isinstance(options, dict)):
+        raise ApiError(400, "stream_options needs stream=true and must be an object", "stream_options")
     n = _int(body, "n")
     if n not in (None, 1):
         raise ApiError(400, "only n=1 is supported", "n")
@@ -100,7 +131,29 @@ def parse_chat_request(body, model_ids: dict[str, str]) -> dict:
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         "seed": seed,
+        "stop": stop,
+        "stream": stream,
+        "ignore_eos": ignore_eos,
+        "include_usage": bool((options or {}).get("include_usage")),
     }
+
+
+def triton_generate_body(row: dict) -> dict:
+    """Triton generate-extension JSON for the decoupled vLLM model (one row, inputs by name)."""
+    body = {
+        "messages": json.dumps(row["messages"], ensure_ascii=False),
+        "model": row["model"],
+        "max_tokens": int(row["max_tokens"]),
+        "temperature": float(row["temperature"]),
+        "top_p": float(row["top_p"]),
+        "stream": bool(row.get("stream")),
+        "ignore_eos": bool(row.get("ignore_eos")),
+    }
+    if row.get("seed") is not None:
+        body["seed"] = int(row["seed"])
+    if row.get("stop"):
+        body["stop"] = json.dumps(row["stop"], ensure_ascii=False)
+    return body
 
 
 def triton_infer_body(row: dict) -> dict:
@@ -124,9 +177,10 @@ class OpenAIServer:
     """The front end in a background thread: ``with OpenAIServer(triton_url, model, ids) as api: api.base_url``."""
 
     def __init__(self, triton_url: str, triton_model: str, model_ids: dict[str, str], *, host: str = "127.0.0.1",
-                 port: int = 0, timeout: float = 3600.0, access_log=None):
+                 port: int = 0, timeout: float = 3600.0, access_log=None, engine: str = "hf"):
         if not model_ids:
             raise ValueError("model_ids must name at least one model")
+        self.engine = engine
         self.triton_url, self.triton_model = triton_url.rstrip("/"), triton_model
         self.model_ids = dict(model_ids)
         self.timeout = timeout
@@ -187,8 +241,11 @@ class OpenAIServer:
             ok = False
         return (200, {"status": "ok"}) if ok else (503, {"status": "triton not ready"})
 
-    def chat(self, body) -> dict:
-        row = parse_chat_request(body, self.model_ids)
+    def parse(self, body) -> dict:
+        return parse_chat_request(body, self.model_ids, self.engine)
+
+    def chat(self, body, row: dict | None = None) -> dict:
+        row = row or self.parse(body)
         out = self.infer(row)
         prompt, completion = int(out["prompt_tokens"]), int(out["completion_tokens"])
         return {
@@ -202,31 +259,87 @@ class OpenAIServer:
                 "finish_reason": out["finish_reason"],
                 "logprobs": None,
             }],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            "usage": _usage(prompt, completion),
         }
 
+    def chat_stream(self, body, row: dict):
+        """Yield the OpenAI ``chat.completion.chunk`` objects of a streamed answer (vLLM engine)."""
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(delta: dict, finish=None, usage=None, choices=True) -> dict:
+            out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body["model"],
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+                   if choices else []}
+            if usage is not None:
+                out["usage"] = usage
+            return out
+
+        events = self._triton(row, stream=True)
+        first = next(events, {})  # a rejected request fails here, before any event is sent
+        yield chunk({"role": "assistant", "content": ""})
+        last = {}
+        for event in itertools.chain([first], events):
+            last = event
+            if event.get("text"):
+                yield chunk({"content": event["text"]})
+        if not last.get("finish_reason"):
+            raise ApiError(502, "Triton's stream ended without a final response", code="upstream_error")
+        yield chunk({}, last["finish_reason"])
+        if row.get("include_usage"):
+            yield chunk({}, usage=_usage(int(last["prompt_tokens"]), int(last["completion_tokens"])), choices=False)
+
     def infer(self, row: dict) -> dict:
-        """One Triton inference; returns {output name: value}. Backend INVALID_ARG -> ApiError 400."""
-        data = json.dumps(triton_infer_body(row)).encode()
-        req = urllib.request.Request(
-            f"{self.triton_url}/v2/models/{self.triton_model}/infer", data=data, method="POST",
-            headers={"Content-Type": "application/json", "Connection": "close"})
+        """One Triton request; returns {output name: value}. Backend INVALID_ARG -> ApiError 400."""
+        return next(iter(self._triton(row, stream=False)))
+
+    def _triton(self, row: dict, stream: bool):
+        """The Triton responses of one row: ``/infer`` (hf), ``/generate`` or ``/generate_stream`` (vllm)."""
+        model_url = f"{self.triton_url}/v2/models/{self.triton_model}"
+        if self.engine == "hf":
+            url, data = f"{model_url}/infer", triton_infer_body(row)
+        else:
+            url, data = f"{model_url}/generate{'_stream' if stream else ''}", triton_generate_body(row)
+        req = urllib.request.Request(url, data=json.dumps(data).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Connection": "close"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                if stream:
+                    for line in r:  # server-sent events: "data: {...}" lines
+                        if line.startswith(b"data:"):
+                            event = json.loads(line[5:])
+                            if "error" in event:
+                                raise _backend_error(400 if "INVALID_ARG" in str(event) else 502,
+                                                     str(event["error"]))
+                            yield event
+                    return
                 payload = json.loads(r.read())
         except urllib.error.HTTPError as e:
             raw = e.read()
+            text = raw.decode("utf-8", "replace").strip()
+            if text.startswith("data:"):  # generate_stream answers a rejected request with one SSE event
+                text = text[5:].strip()
             try:
-                msg = json.loads(raw).get("error", "")
-            except ValueError:
-                msg = raw.decode("utf-8", "replace")
-            if e.code == 400:  # the backend's RequestError: "<param>: message"
-                param = msg.split(":", 1)[0] if ":" in msg else None
-                raise ApiError(400, msg, param if param in PARAMS else None) from None
-            raise ApiError(502, f"Triton answered HTTP {e.code}: {msg}", code="upstream_error") from None
+                msg = json.loads(text).get("error", "")
+            except (ValueError, AttributeError):
+                msg = text
+            raise _backend_error(e.code, msg) from None
         except (OSError, ValueError) as e:
             raise ApiError(503, f"Triton unreachable: {e}", code="upstream_unavailable") from None
-        return {o["name"]: o["data"][0] for o in payload["outputs"]}
+        if self.engine == "hf":
+            yield {o["name"]: o["data"][0] for o in payload["outputs"]}
+        else:
+            yield payload
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _backend_error(status: int, msg: str) -> ApiError:
+    if status == 400:  # the backend's RequestError: "<param>: message"
+        param = msg.split(":", 1)[0] if ":" in msg else None
+        return ApiError(400, msg, param if param in PARAMS else None)
+    return ApiError(502, f"Triton answered HTTP {status}: {msg}", code="upstream_error")
 
 
 class _Server(ThreadingHTTPServer):
@@ -252,6 +365,32 @@ def _make_handler(app: OpenAIServer):
 
         def _error(self, err: ApiError) -> None:
             self._send(err.status, err.body())
+
+        def _stream(self, chunks) -> None:
+            """Server-sent events; the first chunk is fetched first, so an early error is a plain 4xx/5xx."""
+            first = next(chunks)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+
+            def event(obj) -> None:
+                self.wfile.write(b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n")
+                self.wfile.flush()
+
+            try:
+                event(first)
+                for c in chunks:
+                    event(c)
+            except ApiError as e:  # mid-stream: OpenAI's clients raise on an "error" event
+                event(e.body())
+            except (BrokenPipeError, ConnectionResetError):
+                chunks.close()  # the client left: closing the upstream stream cancels the request
+                return
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
 
         def _read_json(self):
             length = self.headers.get("Content-Length")
@@ -294,7 +433,10 @@ def _make_handler(app: OpenAIServer):
                     self.rfile.read(min(int(self.headers.get("Content-Length") or 0), MAX_BODY))
                     raise ApiError(404, f"no route POST {path}", code="not_found")
                 body = self._read_json()
-                self._send(200, app.chat(body))
+                row = app.parse(body)
+                if row["stream"]:
+                    return self._stream(app.chat_stream(body, row))
+                self._send(200, app.chat(body, row))
             except ApiError as e:
                 self._error(e)
             except Exception as e:  # noqa: BLE001 - keep serving

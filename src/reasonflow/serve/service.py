@@ -43,7 +43,8 @@ def serving(repo_dir, log_dir, *, triton_model: str | None = None, model_ids: di
     log_dir.mkdir(parents=True, exist_ok=True)
     with TritonServer(repo_dir, log_dir / "tritonserver.log", host=host, **triton_kwargs) as triton, \
             OpenAIServer(triton.url, info["triton_model"], model_ids or info["model_ids"], host=host, port=port,
-                         timeout=request_timeout, access_log=log_dir / "openai_api.log") as api:
+                         timeout=request_timeout, access_log=log_dir / "openai_api.log",
+                         engine=info.get("engine", "hf")) as api:
         log.info("serving %s at %s", sorted(api.model_ids), api.base_url)
         url = Endpoint(api.base_url)
         url.triton_url, url.triton_model, url.model_ids = triton.url, info["triton_model"], dict(api.model_ids)

@@ -93,12 +93,18 @@ class ServeEnv:
         return self.tritonserver_dir / "python_backend_stubs" / self.version / "triton_python_backend_stub"
 
 
+# site_packages: the venv's site dirs plus what their .pth files add (e.g. a --target folder of
+# wheels on a GPU node), never the standard library or the caller's working directory
 _PROBE = r"""
-import importlib.util, json, site, sys, sysconfig
+import importlib.util, json, os, site, sys, sysconfig
 spec = importlib.util.find_spec("pytriton")
+std = {os.path.realpath(sysconfig.get_path(k)) for k in ("stdlib", "platstdlib")}
+extra = [p for p in sys.path if p and os.path.isdir(p) and os.path.realpath(p) not in std
+         and not p.endswith("lib-dynload") and os.path.realpath(p) != os.path.realpath(os.getcwd())]
 print(json.dumps({
     "python": sys.executable, "version": "%d.%d" % sys.version_info[:2],
-    "libdir": sysconfig.get_config_var("LIBDIR"), "site_packages": site.getsitepackages(),
+    "libdir": sysconfig.get_config_var("LIBDIR"),
+    "site_packages": list(dict.fromkeys(site.getsitepackages() + extra)),
     "pytriton": list(spec.submodule_search_locations)[0] if spec else None}))
 """
 
