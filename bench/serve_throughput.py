@@ -69,7 +69,7 @@ def make_model(tokenizer: str, out: Path) -> tuple[Path, Path]:
 
 
 def engine_args(a) -> dict:
-    return {"dtype": "bfloat16", "max_model_len": a.max_model_len, "gpu_memory_utilization": a.gpu_memory,
+    return {"dtype": a.dtype, "max_model_len": a.max_model_len, "gpu_memory_utilization": a.gpu_memory,
             "engine_args": {"max_num_seqs": a.max_num_seqs, "seed": 0}}
 
 
@@ -110,7 +110,8 @@ def stack(a, base: Path, lora: Path, engine: str, n: int, work: Path) -> dict:
     if engine == "vllm":
         write_triton_repo(base, lora, repo, engine="vllm", max_model_len=a.max_model_len, vllm=engine_args(a))
     else:
-        write_triton_repo(base, lora, repo, engine="hf", instance_kind="KIND_GPU", dtype="bfloat16",
+        write_triton_repo(base, lora, repo, engine="hf", instance_kind="KIND_GPU" if a.dtype == "bfloat16" else
+                          "KIND_CPU", dtype=a.dtype,
                           max_batch_size=n, preferred_batch_sizes=[n], max_queue_delay_us=200_000,
                           max_model_len=a.max_model_len)
     t0 = time.perf_counter()
@@ -134,10 +135,12 @@ def stack(a, base: Path, lora: Path, engine: str, n: int, work: Path) -> dict:
 
 
 def projection(rate: float, mean_tokens: float) -> dict:
-    import yaml
+    try:
+        import yaml
 
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    ev = cfg["evaluate"]
+        ev = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["evaluate"]
+    except ImportError:  # config/config.yaml's values as of this writing
+        ev = {"settings": {"repeats": 3, "max_tokens": 2048}, "models": [0, 1], "modes": [0, 1]}
     gens = sum(QUESTIONS.values()) * ev["settings"]["repeats"] * len(ev["models"]) * len(ev["modes"])
     hours = lambda toks: round(gens * toks / rate / 3600, 2)  # noqa: E731
     return {"generations": gens, "max_tokens": ev["settings"]["max_tokens"],
@@ -157,18 +160,25 @@ def main() -> int:
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--gpu-memory", type=float, default=0.85)
     ap.add_argument("--mean-tokens", type=float, default=1000.0, help="mean answer length for the projection")
+    ap.add_argument("--model", help="use this model dir instead of the random 8B one (with --adapter)")
+    ap.add_argument("--adapter")
+    ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--only", choices=("offline", "stack", "hf"), help="one measurement (internal)")
     ap.add_argument("--skip", nargs="*", default=[], choices=("offline", "stack", "hf"))
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    base, lora = make_model(a.tokenizer, work)
+    if a.model:  # an existing model + adapter (e.g. the demo's on the CPU: a smoke test of this script)
+        base, lora = Path(a.model).absolute(), Path(a.adapter).absolute()
+    else:
+        base, lora = make_model(a.tokenizer, work)
     if a.only:
         fn = {"offline": lambda: offline(a, base, lora), "stack": lambda: stack(a, base, lora, "vllm", a.n, work),
               "hf": lambda: stack(a, base, lora, "hf", a.hf_n, work)}[a.only]
         print("RESULT " + json.dumps(fn()), flush=True)
         return 0
-    results = {}
+    saved = work / "results.json"  # measurements of earlier calls (--skip) count in the summary
+    results = json.loads(saved.read_text()) if saved.is_file() else {}
     for name in ("offline", "stack", "hf"):  # each in its own process: the GPU is free for the next
         if name in a.skip:
             continue
@@ -180,6 +190,7 @@ def main() -> int:
             print(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}", flush=True)
             continue
         results[name] = json.loads(line[7:])
+        saved.write_text(json.dumps(results, indent=1))
         print(json.dumps({name: results[name], "wall_s": round(time.perf_counter() - t, 1)}), flush=True)
     rate = {k: v["tokens_per_s"] for k, v in results.items()}
     summary = {"output_tokens_per_s": rate}

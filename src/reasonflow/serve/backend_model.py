@@ -173,14 +173,16 @@ class RowSampler:
         device, vocab = scores.device, scores.shape[-1]
         if self.generators is None:
             self.generators = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
+            self._stop_tensor = torch.tensor(self.stop_ids, device=input_ids.device)
+            self._pad = torch.tensor(self.pad_id, device=device)
         n_generated = input_ids.shape[1] - self.width
         if n_generated > 0:
-            hit = torch.isin(input_ids[:, -1], torch.tensor(self.stop_ids, device=input_ids.device))
+            hit = torch.isin(input_ids[:, -1], self._stop_tensor)
             self.stopped = hit if self.stopped is None else self.stopped | hit
         skip = [n_generated >= m for m in self.max_tokens]
         if self.stopped is not None and device.type == "cpu":
             skip = [a or b for a, b in zip(skip, self.stopped.tolist(), strict=True)]
-        pad = torch.tensor(self.pad_id, device=device)
+        pad = self._pad
         picks = []
         for j, g in enumerate(self.generators):
             if skip[j]:
