@@ -39,7 +39,8 @@ def repo(demo_dir, lora_adapter, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("vllm_repo")
     settings = {"name": "reasonflow", "engine": "vllm", "max_model_len": CONTEXT,
-                "vllm": {"dtype": "float32", "engine_args": {"max_num_seqs": 64, "seed": 0}}}
+                "vllm": {"dtype": "float32", "enforce_eager": True, "engine_args": {"max_num_seqs": 64, "seed": 0},
+                         "env": {"VLLM_CPU_KVCACHE_SPACE": 1}}}
     deploy(demo_dir / "model", lora_adapter, tmp / "triton", None, settings)
     return tmp / "triton"
 

@@ -140,9 +140,12 @@ def parse_chat_request(body, model_ids: dict[str, str], engine: str = "hf") -> d
 
 def triton_generate_body(row: dict) -> dict:
     """Triton generate-extension JSON for the decoupled vLLM model (one row, inputs by name)."""
+    def utf8(text: str) -> list[int]:  # the model's text tensors are UINT8 (see vllm_model.py)
+        return list(text.encode("utf-8"))
+
     body = {
-        "messages": json.dumps(row["messages"], ensure_ascii=False),
-        "model": row["model"],
+        "messages": utf8(json.dumps(row["messages"], ensure_ascii=False)),
+        "model": utf8(row["model"]),
         "max_tokens": int(row["max_tokens"]),
         "temperature": float(row["temperature"]),
         "top_p": float(row["top_p"]),
@@ -152,7 +155,7 @@ def triton_generate_body(row: dict) -> dict:
     if row.get("seed") is not None:
         body["seed"] = int(row["seed"])
     if row.get("stop"):
-        body["stop"] = json.dumps(row["stop"], ensure_ascii=False)
+        body["stop"] = utf8(json.dumps(row["stop"], ensure_ascii=False))
     return body
 
 
@@ -310,7 +313,7 @@ class OpenAIServer:
                             if "error" in event:
                                 raise _backend_error(400 if "INVALID_ARG" in str(event) else 502,
                                                      str(event["error"]))
-                            yield event
+                            yield _decoded(event)
                     return
                 payload = json.loads(r.read())
         except urllib.error.HTTPError as e:
@@ -328,7 +331,19 @@ class OpenAIServer:
         if self.engine == "hf":
             yield {o["name"]: o["data"][0] for o in payload["outputs"]}
         else:
-            yield payload
+            yield _decoded(payload)
+
+
+def _decoded(response: dict) -> dict:
+    """A generate-endpoint response with the UINT8 text outputs turned back into strings."""
+    out = dict(response)
+    for key in ("text", "finish_reason"):
+        v = out.get(key)
+        if isinstance(v, list):
+            out[key] = bytes(v).decode("utf-8", "replace")
+        elif isinstance(v, int):  # a one-byte tensor may come back as a bare number
+            out[key] = bytes([v]).decode("utf-8", "replace")
+    return out
 
 
 def _usage(prompt: int, completion: int) -> dict:

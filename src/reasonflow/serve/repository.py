@@ -39,11 +39,25 @@ INPUTS = [  # (name, Triton type, optional)
     ("top_p", "TYPE_FP32", True),
     ("seed", "TYPE_INT64", True),
 ]
+# The vLLM model carries text as UTF-8 bytes in UINT8 tensors, not BYTES: the Python-backend stub of
+# the nvidia-pytriton wheel garbles BYTES tensors under numpy 2 (which vLLM's images have), numeric
+# tensors are safe under both numpy lines. (name, type, optional, dims)
 VLLM_INPUTS = [
-    *INPUTS,
-    ("stop", "TYPE_STRING", True),  # JSON list of stop strings
-    ("stream", "TYPE_BOOL", True),
-    ("ignore_eos", "TYPE_BOOL", True),
+    ("messages", "TYPE_UINT8", False, -1),  # JSON, UTF-8
+    ("model", "TYPE_UINT8", False, -1),
+    ("max_tokens", "TYPE_INT32", True, 1),
+    ("temperature", "TYPE_FP32", True, 1),
+    ("top_p", "TYPE_FP32", True, 1),
+    ("seed", "TYPE_INT64", True, 1),
+    ("stop", "TYPE_UINT8", True, -1),  # JSON list of stop strings, UTF-8
+    ("stream", "TYPE_BOOL", True, 1),
+    ("ignore_eos", "TYPE_BOOL", True, 1),
+]
+VLLM_OUTPUTS = [
+    ("text", "TYPE_UINT8", False, -1),
+    ("finish_reason", "TYPE_UINT8", False, -1),
+    ("prompt_tokens", "TYPE_INT32", False, 1),
+    ("completion_tokens", "TYPE_INT32", False, 1),
 ]
 OUTPUTS = [
     ("text", "TYPE_STRING"),
@@ -128,9 +142,14 @@ def triton_config(name: str, *, base_model: str, adapters: dict[str, str], base_
 
 
 def _tensors(kind: str, specs) -> list[str]:
-    return [f"{kind} [", ",\n".join(
-        f"  {{ name: {_q(n)} data_type: {t} dims: [ 1 ]{' optional: true' if len(spec) > 2 and spec[2] else ''} }}"
-        for spec in specs for n, t in [spec[:2]]), "]"]
+    """``(name, type[, optional[, dims]])`` -> a config.pbtxt input/output list (dims default [1])."""
+    rows = []
+    for spec in specs:
+        name, dtype = spec[:2]
+        optional = len(spec) > 2 and spec[2]
+        dims = spec[3] if len(spec) > 3 else 1
+        rows.append(f"  {{ name: {_q(name)} data_type: {dtype} dims: [ {dims} ]{' optional: true' if optional else ''} }}")
+    return [f"{kind} [", ",\n".join(rows), "]"]
 
 
 def _parameters(params: dict) -> list[str]:
@@ -139,7 +158,7 @@ def _parameters(params: dict) -> list[str]:
 
 def vllm_triton_config(name: str, *, base_model: str, adapters: dict[str, str], engine_args: dict,
                        base_name: str = "base", default_max_tokens: int = 0,
-                       stop_tokens: list[str] | None = None) -> str:
+                       stop_tokens: list[str] | None = None, env: dict | None = None) -> str:
     """The config.pbtxt text of the decoupled vLLM model (one row per request; vLLM batches)."""
     lines = [
         f"name: {_q(name)}",
@@ -147,7 +166,7 @@ def vllm_triton_config(name: str, *, base_model: str, adapters: dict[str, str], 
         "max_batch_size: 0",
         "model_transaction_policy { decoupled: true }",
         *_tensors("input", VLLM_INPUTS),
-        *_tensors("output", OUTPUTS),
+        *_tensors("output", VLLM_OUTPUTS),
         # vLLM places the model on the GPU(s) itself; one engine per server
         "instance_group [ { count: 1 kind: KIND_MODEL } ]",
         *_parameters({
@@ -157,6 +176,7 @@ def vllm_triton_config(name: str, *, base_model: str, adapters: dict[str, str], 
             "default_max_tokens": str(int(default_max_tokens)),
             "stop_tokens": json.dumps(list(stop_tokens or [])),
             "engine_args": json.dumps(engine_args, sort_keys=True),
+            "env": json.dumps({k: str(v) for k, v in (env or {}).items()}, sort_keys=True),
         }),
     ]
     return "\n".join(lines) + "\n"
@@ -189,10 +209,12 @@ def write_triton_repo(base_dir, adapter_dir, out_dir, name: str = "reasonflow", 
     if unknown:
         raise ValueError(f"model_ids {unknown} point at no served model (served: {names})")
     if engine == "vllm":
-        args = vllm_engine_args(base, adapter_map, **{"max_model_len": max_model_len or None, **(vllm or {})})
+        vllm = dict(vllm or {})
+        env = vllm.pop("env", None)
+        args = vllm_engine_args(base, adapter_map, **{"max_model_len": max_model_len or None, **vllm})
         text = vllm_triton_config(name, base_model=base, adapters=adapter_map, engine_args=args,
                                   base_name=base_name, default_max_tokens=default_max_tokens,
-                                  stop_tokens=stop_tokens)
+                                  stop_tokens=stop_tokens, env=env)
     else:
         text = triton_config(
             name, base_model=base, adapters=adapter_map, base_name=base_name, max_batch_size=max_batch_size,
@@ -291,7 +313,7 @@ TRITON_KEYS = ("name", "engine", "max_batch_size", "max_queue_delay_us", "prefer
                "instance_count", "gpus", "dtype", "num_threads", "default_max_tokens", "max_model_len",
                "stop_tokens", "base_name", "adapter_name", "model_ids")
 VLLM_KEYS = ("name", "max_lora_rank", "max_loras", "max_model_len", "gpu_memory_utilization",
-             "tensor_parallel_size", "dtype", "enforce_eager", "engine_args")
+             "tensor_parallel_size", "dtype", "enforce_eager", "engine_args", "env")
 
 
 def deploy(base_dir, adapter_dir, triton_out, vllm_out=None, settings: dict | None = None) -> dict:
@@ -312,6 +334,7 @@ def deploy(base_dir, adapter_dir, triton_out, vllm_out=None, settings: dict | No
     variant_name = vllm.pop("name", None) or f"{settings.get('name', 'reasonflow')}_vllm"
     out = {"triton": write_triton_repo(base_dir, adapter_dir, triton_out, **settings, vllm=vllm)}
     if vllm_out is not None:
+        variant = {k: v for k, v in vllm.items() if k != "env"}  # the engine's environment: our model only
         out["vllm"] = write_vllm_repo(base_dir, adapter_dir, vllm_out, name=variant_name,
-                                      adapter_name=settings.get("adapter_name", "lora"), **vllm)
+                                      adapter_name=settings.get("adapter_name", "lora"), **variant)
     return out

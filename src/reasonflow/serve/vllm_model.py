@@ -24,14 +24,17 @@ What it guarantees:
 * A bad request gets INVALID_ARG (HTTP 400) and nothing else is affected; a client that goes away
   (cancelled request) aborts its generation in the engine.
 
-Tensors (no batch dimension; one request = one row): inputs ``messages`` BYTES (JSON), ``model``
-BYTES, optional ``max_tokens`` INT32, ``temperature`` FP32, ``top_p`` FP32, ``seed`` INT64, ``stop``
-BYTES (JSON list of strings), ``stream`` BOOL, ``ignore_eos`` BOOL; outputs ``text``,
-``finish_reason`` BYTES, ``prompt_tokens``, ``completion_tokens`` INT32.
+Tensors (no batch dimension; one request = one row). Text travels as UTF-8 bytes in UINT8 tensors
+(``dims: [-1]``), not BYTES: the stub of the nvidia-pytriton wheel garbles BYTES under numpy 2, the
+numpy of vLLM's environments. Inputs ``messages`` (JSON), ``model``, optional ``stop`` (JSON list of
+strings) as UINT8; optional ``max_tokens`` INT32, ``temperature`` FP32, ``top_p`` FP32, ``seed``
+INT64, ``stream`` BOOL, ``ignore_eos`` BOOL; outputs ``text``, ``finish_reason`` UINT8,
+``prompt_tokens``, ``completion_tokens`` INT32.
 
 config.pbtxt ``parameters``: ``base_model``, ``adapters`` (JSON ``{name: dir}``), ``base_name``,
 ``default_max_tokens``, ``stop_tokens`` (JSON), ``engine_args`` (JSON: vLLM ``AsyncEngineArgs``;
-``model`` defaults to ``base_model``). Relative paths resolve against the model's directory.
+``model`` defaults to ``base_model``), ``env`` (JSON: environment variables for the engine, set before
+vLLM starts, e.g. ``VLLM_CPU_KVCACHE_SPACE``). Relative paths resolve against the model's directory.
 """
 
 from __future__ import annotations
@@ -244,6 +247,9 @@ class TritonPythonModel:
             return p if os.path.isabs(p) else os.path.normpath(os.path.join(here, p))
 
         _utf8_locale()
+        # the engine's environment (e.g. VLLM_CPU_KVCACHE_SPACE): set before vLLM is imported and spawns
+        for key, val in json.loads(_param(params, "env", "{}")).items():
+            os.environ[key] = str(val)
         engine_args = json.loads(_param(params, "engine_args", "{}"))
         for key in ("model", "tokenizer"):
             if key in engine_args:
@@ -268,10 +274,14 @@ class TritonPythonModel:
                     raise RequestError(name, "missing input")
                 return None
             arr = t.as_numpy().reshape(-1)
+            if arr.dtype == self.np.uint8:  # text: UTF-8 bytes
+                try:
+                    return arr.tobytes().decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise RequestError(name, f"not valid UTF-8 ({e})") from None
             if arr.size != 1:
                 raise RequestError(name, f"expected one value, got {arr.size}")
-            v = arr[0]
-            return v.decode("utf-8") if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v
+            return arr[0].item()
 
         row = Row(messages=parse_messages(value("messages", True)), model=str(value("model", True)))
         for name, cast in (("max_tokens", int), ("temperature", float), ("top_p", float), ("seed", int),
@@ -298,8 +308,8 @@ class TritonPythonModel:
     def _response(self, text: str, finish_reason: str | None, prompt_tokens: int, completion_tokens: int):
         pb, np = self.pb, self.np
         return pb.InferenceResponse(output_tensors=[
-            pb.Tensor("text", np.array([text.encode("utf-8")], dtype=np.object_)),
-            pb.Tensor("finish_reason", np.array([(finish_reason or "").encode()], dtype=np.object_)),
+            pb.Tensor("text", np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()),
+            pb.Tensor("finish_reason", np.frombuffer((finish_reason or "").encode(), dtype=np.uint8).copy()),
             pb.Tensor("prompt_tokens", np.array([prompt_tokens], dtype=np.int32)),
             pb.Tensor("completion_tokens", np.array([completion_tokens], dtype=np.int32)),
         ])
