@@ -272,14 +272,14 @@ class ChatPrompter:
                                              f"{len(row.prompt_ids)}-token prompt")
 
 
-class ChatGenerator:
+class ChatGenerator(ChatPrompter):
     """Base weights loaded once; adapters attached with PEFT and switched per batch group."""
 
     def __init__(self, base_model: str, adapters: dict[str, str] | None = None, *, base_name: str = "base",
                  device: str = "cpu", dtype: str = "auto", num_threads: int = 0, default_max_tokens: int = 0,
                  max_model_len: int = 0, stop_tokens: list[str] | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         for what, d in [("base_model", base_model), *((f"adapter {k!r}", v) for k, v in (adapters or {}).items())]:
             if not os.path.isdir(d):
@@ -292,15 +292,13 @@ class ChatGenerator:
             torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
             torch_dtype = getattr(torch, dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
-        if self.tokenizer.chat_template is None:
-            raise ValueError(f"{base_model}: the tokenizer has no chat template")
         model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch_dtype, local_files_only=True)
         model.to(self.device).eval()
         self.base_name = base_name
         self.adapters = dict(adapters or {})
         if base_name in self.adapters:
             raise ValueError(f"adapter name {base_name!r} clashes with the base model's name")
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if self.adapters:
             from peft import PeftModel
 
@@ -313,66 +311,12 @@ class ChatGenerator:
         self.model = model
 
         cfg = model.config if not self.adapters else model.get_base_model().config
-        self.context = int(max_model_len) if max_model_len and max_model_len > 0 else int(
-            getattr(cfg, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
-        self.default_max_tokens = int(default_max_tokens or 0)
-        self.stop_ids = self._stop_ids(model, stop_tokens or [])
-        if not self.stop_ids:
-            raise ValueError("no end-of-turn token: set the stop_tokens parameter")
+        context = int(max_model_len) if max_model_len and max_model_len > 0 else int(
+            getattr(cfg, "max_position_embeddings", 0) or 0)
+        super().__init__(base_model, [base_name, *self.adapters], context=context,
+                         default_max_tokens=default_max_tokens, stop_tokens=stop_tokens, eos_ids=eos)
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.stop_ids[0]
-
-    # ----------------------------------------------------------------------------------------
-    def _stop_ids(self, model, extra: list[str]) -> list[int]:
-        tok = self.tokenizer
-        ids: list[int] = []
-
-        def add(x):
-            if x is None:
-                return
-            for i in x if isinstance(x, (list, tuple)) else [x]:
-                if isinstance(i, int) and i >= 0 and i not in ids:
-                    ids.append(i)
-
-        add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
-        add(tok.eos_token_id)
-        vocab = tok.get_vocab()
-        for t in (*END_OF_TURN_TOKENS, *extra):
-            if t in vocab:
-                add(vocab[t])
-            elif t in extra:
-                raise ValueError(f"stop token {t!r} is not in the tokenizer's vocabulary")
-        return ids
-
-    @property
-    def model_names(self) -> list[str]:
-        return [self.base_name, *self.adapters]
-
-    def render(self, messages: list[dict]) -> str:
-        """The served chat template applied with the generation prompt (as text)."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def prepare(self, row: Row) -> None:
-        """Template + tokenize one row and check it against the context (RequestError if bad)."""
-        if row.model not in self.model_names:
-            raise RequestError("model", f"unknown model {row.model!r}; served: {self.model_names}")
-        if not (row.temperature >= 0 and row.temperature <= 2):
-            raise RequestError("temperature", f"must be in [0, 2], got {row.temperature}")
-        if not (row.top_p > 0 and row.top_p <= 1):
-            raise RequestError("top_p", f"must be in (0, 1], got {row.top_p}")
-        text = self.render(row.messages)
-        # the template already starts with BOS: no special tokens added (as in training)
-        row.prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        room = self.context - len(row.prompt_ids)
-        if room < 1:
-            raise RequestError("messages", f"the prompt has {len(row.prompt_ids)} tokens; the model's context "
-                                           f"is {self.context} tokens")
-        if row.max_tokens <= 0:
-            row.max_tokens = min(self.default_max_tokens, room) if self.default_max_tokens > 0 else room
-        elif row.max_tokens > room:
-            raise RequestError("max_tokens", f"max_tokens={row.max_tokens} is more than the {room} tokens left in "
-                                             f"the {self.context}-token context after the "
-                                             f"{len(row.prompt_ids)}-token prompt")
 
     @staticmethod
     def group_key(i: int, row: Row):
@@ -445,7 +389,18 @@ class ChatGenerator:
 # ============================================================================================
 # Triton glue (only imported inside the Python-backend stub)
 # ============================================================================================
-def _param(params: dict, key: str, default: str = "") -> str:
+def input_array(pb, request, name: str, required: bool = True):
+    """A request's input tensor as a flat numpy array; ``None`` if absent and optional."""
+    t = pb.get_input_tensor_by_name(request, name)
+    if t is None:
+        if required:
+            raise RequestError(name, "missing input")
+        return None
+    return t.as_numpy().reshape(-1)
+
+
+def config_param(params: dict, key: str, default: str = "") -> str:
+    """A string parameter of config.pbtxt (``default`` when absent or empty)."""
     value = params.get(key, {}).get("string_value", default)
     return default if value is None or value == "" else value
 
@@ -463,21 +418,21 @@ class TritonPythonModel:
         def path(p):
             return p if os.path.isabs(p) else os.path.normpath(os.path.join(here, p))
 
-        adapters = {k: path(v) for k, v in json.loads(_param(params, "adapters", "{}")).items()}
+        adapters = {k: path(v) for k, v in json.loads(config_param(params, "adapters", "{}")).items()}
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
         else:
             device = "cpu"
         self.generator = ChatGenerator(
-            path(_param(params, "base_model")),
+            path(config_param(params, "base_model")),
             adapters,
-            base_name=_param(params, "base_name", "base"),
+            base_name=config_param(params, "base_name", "base"),
             device=device,
-            dtype=_param(params, "dtype", "auto"),
-            num_threads=int(_param(params, "num_threads", "0")),
-            default_max_tokens=int(_param(params, "default_max_tokens", "0")),
-            max_model_len=int(_param(params, "max_model_len", "0")),
-            stop_tokens=json.loads(_param(params, "stop_tokens", "[]")),
+            dtype=config_param(params, "dtype", "auto"),
+            num_threads=int(config_param(params, "num_threads", "0")),
+            default_max_tokens=int(config_param(params, "default_max_tokens", "0")),
+            max_model_len=int(config_param(params, "max_model_len", "0")),
+            stop_tokens=json.loads(config_param(params, "stop_tokens", "[]")),
         )
         g = self.generator
         print(f"[reasonflow] {args['model_name']}: models {g.model_names} on {device}, context {g.context}, "
@@ -487,12 +442,7 @@ class TritonPythonModel:
         pb, np = self.pb, self.np
 
         def col(name, required=True):
-            t = pb.get_input_tensor_by_name(request, name)
-            if t is None:
-                if required:
-                    raise RequestError(name, "missing input")
-                return None
-            return t.as_numpy().reshape(-1)
+            return input_array(pb, request, name, required)
 
         messages, models = col("messages"), col("model")
         n = len(messages)

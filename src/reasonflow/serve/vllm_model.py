@@ -47,7 +47,7 @@ import threading
 import time
 
 if __package__:  # imported from the reasonflow package (tests, in-process use)
-    from .backend_model import ChatPrompter, RequestError, Row, parse_messages
+    from .backend_model import ChatPrompter, RequestError, Row, config_param, input_array, parse_messages
 else:  # in a Triton repository: backend_model.py lies beside this file (loaded by path: no sys.path change)
     import importlib.util
 
@@ -56,8 +56,9 @@ else:  # in a Triton repository: backend_model.py lies beside this file (loaded 
     _shared = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = _shared
     _spec.loader.exec_module(_shared)
-    ChatPrompter, RequestError, Row, parse_messages = (
-        _shared.ChatPrompter, _shared.RequestError, _shared.Row, _shared.parse_messages)
+    ChatPrompter, RequestError, Row, config_param, input_array, parse_messages = (
+        _shared.ChatPrompter, _shared.RequestError, _shared.Row, _shared.config_param, _shared.input_array,
+        _shared.parse_messages)
 
 
 class Cancelled(Exception):
@@ -226,11 +227,6 @@ def _utf8_locale() -> None:
                 continue
 
 
-def _param(params: dict, key: str, default: str = "") -> str:
-    value = params.get(key, {}).get("string_value", default)
-    return default if value is None or value == "" else value
-
-
 class TritonPythonModel:
     def initialize(self, args):
         import numpy as np
@@ -248,18 +244,18 @@ class TritonPythonModel:
 
         _utf8_locale()
         # the engine's environment (e.g. VLLM_CPU_KVCACHE_SPACE): set before vLLM is imported and spawns
-        for key, val in json.loads(_param(params, "env", "{}")).items():
+        for key, val in json.loads(config_param(params, "env", "{}")).items():
             os.environ[key] = str(val)
-        engine_args = json.loads(_param(params, "engine_args", "{}"))
+        engine_args = json.loads(config_param(params, "engine_args", "{}"))
         for key in ("model", "tokenizer"):
             if key in engine_args:
                 engine_args[key] = path(engine_args[key])
-        adapters = {k: path(v) for k, v in json.loads(_param(params, "adapters", "{}")).items()}
+        adapters = {k: path(v) for k, v in json.loads(config_param(params, "adapters", "{}")).items()}
         t0 = time.monotonic()
         self.generator = VllmGenerator(
-            path(_param(params, "base_model")), adapters, base_name=_param(params, "base_name", "base"),
-            default_max_tokens=int(_param(params, "default_max_tokens", "0")),
-            stop_tokens=json.loads(_param(params, "stop_tokens", "[]")), engine_args=engine_args)
+            path(config_param(params, "base_model")), adapters, base_name=config_param(params, "base_name", "base"),
+            default_max_tokens=int(config_param(params, "default_max_tokens", "0")),
+            stop_tokens=json.loads(config_param(params, "stop_tokens", "[]")), engine_args=engine_args)
         g = self.generator
         print(f"[reasonflow] {args['model_name']}: vLLM engine up in {time.monotonic() - t0:.1f} s; models "
               f"{g.model_names}, context {g.prompter.context}, stop ids {g.prompter.stop_ids}", flush=True)
@@ -268,12 +264,9 @@ class TritonPythonModel:
         pb = self.pb
 
         def value(name, required=False):
-            t = pb.get_input_tensor_by_name(request, name)
-            if t is None:
-                if required:
-                    raise RequestError(name, "missing input")
+            arr = input_array(pb, request, name, required)
+            if arr is None:
                 return None
-            arr = t.as_numpy().reshape(-1)
             if arr.dtype == self.np.uint8:  # text: UTF-8 bytes
                 try:
                     return arr.tobytes().decode("utf-8")
