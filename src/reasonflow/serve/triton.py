@@ -142,7 +142,7 @@ def _http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 class TritonServer:
     """``with TritonServer(repo, log_path) as srv:`` starts Triton on free loopback ports, waits until
-    ``/v2/health/ready``, and on exit (also on exceptions) stops it: SIGTERM to its process group,
+    ``/v2/health/ready``, and on exit (also on exceptions) stops it: SIGTERM to the server,
     SIGKILL after ``grace`` seconds. ``srv.url`` is its HTTP endpoint."""
 
     def __init__(self, repo_dir, log_path, *, launcher: str = "local", image: str | None = None,
@@ -312,7 +312,8 @@ class TritonServer:
         return head + text[-chars:]
 
     def stop(self) -> int | None:
-        """SIGTERM the server's process group (server + backend stubs), SIGKILL after ``grace``."""
+        """SIGTERM the server (it unloads its models), SIGKILL its process group (server, backend stubs and
+        what they spawned) after ``grace`` or once it has exited."""
         try:
             return self._terminate()
         finally:
@@ -324,7 +325,12 @@ class TritonServer:
             return None
         pgid = proc.pid  # start_new_session=True: the server leads its own group
         if proc.poll() is None:
-            self._signal(pgid, signal.SIGTERM)
+            # SIGTERM to the server alone: it unloads its models, so a model's finalize runs (the vLLM
+            # model stops its engine core cleanly); the whole group is SIGKILLed below in any case
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
             try:
                 code = proc.wait(timeout=self.grace)
             except subprocess.TimeoutExpired:

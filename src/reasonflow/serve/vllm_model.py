@@ -199,6 +199,10 @@ class VllmGenerator:
         engine, self.engine = getattr(self, "engine", None), None
         if engine is not None:
             async def shutdown():  # on the loop's thread: its output task is cancelled before the core stops
+                handler = getattr(engine, "output_handler", None)  # else it logs the core's exit as an error
+                if handler is not None:
+                    handler.cancel()
+                    await asyncio.sleep(0)
                 engine.shutdown()
 
             try:
