@@ -297,6 +297,19 @@ def test_report_roundtrip_through_csv(tmp_path):
     assert pd.read_csv(tmp_path / "c.csv")["delta_accuracy"].tolist() == [0.0]
 
 
+def test_item_csv_keeps_answers_with_a_lone_carriage_return(tmp_path):
+    # a sampled answer of the random demo model held a bare "\r": unquoted, pandas split its row in two
+    from reasonflow.evaluate.score import read_item_csvs, write_csv
+
+    rows = [(i, r, t.replace(" ", " \r", 1) + "\r", tok, lat) for i, r, t, tok, lat in RESPONSES]
+    df = _scored("base", rows)
+    write_csv(df, tmp_path / "base.csv")
+    back = read_item_csvs([tmp_path / "base.csv"])
+    assert len(back) == len(df) == len(pd.read_csv(tmp_path / "base.csv"))
+    assert back["response"].tolist() == df["response"].tolist()
+    assert back["correct"].tolist() == df["correct"].tolist()
+
+
 # -- transport stub (NOT a model): failure injection and request counting ---------------------------
 
 

@@ -15,6 +15,7 @@ Summary statistics for one (model, benchmark, mode), over ``n`` items and ``k`` 
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from collections.abc import Iterable
@@ -72,7 +73,9 @@ def score_records(
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False, lineterminator="\n")
+    # every text field quoted: a lone "\r" in a model's answer is no line end to the csv module (so
+    # QUOTE_MINIMAL leaves it bare) but is one to pandas' reader, which would split the row in two
+    df.to_csv(path, index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
 
 
 def read_item_csvs(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
