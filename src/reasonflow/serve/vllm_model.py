@@ -263,6 +263,11 @@ class TritonPythonModel:
             return p if os.path.isabs(p) else os.path.normpath(os.path.join(here, p))
 
         _utf8_locale()
+        # The stub's main thread (execute: one call per request) shares the GIL with the engine's loop
+        # thread, which is busy with every step's outputs: at the default 5 ms switch interval each GIL
+        # hand-off in execute waits out the loop thread and requests trickle into the engine.
+        sys.setswitchinterval(float(config_param(params, "switch_interval_s", "0.0002")))
+        self._exec_s, self._exec_n = 0.0, 0
         # the engine's environment (e.g. VLLM_CPU_KVCACHE_SPACE): set before vLLM is imported and spawns
         for key, val in json.loads(config_param(params, "env", "{}")).items():
             os.environ[key] = str(val)
@@ -336,6 +341,14 @@ class TritonPythonModel:
         ])
 
     def execute(self, requests):
+        t0 = time.perf_counter()
+        try:
+            return self._execute(requests)
+        finally:
+            self._exec_s += time.perf_counter() - t0
+            self._exec_n += len(requests)
+
+    def _execute(self, requests):
         pb = self.pb
         final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         for request in requests:
@@ -378,6 +391,7 @@ class TritonPythonModel:
     def finalize(self):
         g, self.generator = getattr(self, "generator", None), None
         if g is not None:
-            print(f"[reasonflow] vllm scheduler: peak running requests {g.stats.peak_running} over the run",
-                  flush=True)
+            print(f"[reasonflow] vllm scheduler: peak running requests {g.stats.peak_running} over the run; "
+                  f"execute took {1000 * self._exec_s / max(self._exec_n, 1):.2f} ms per request "
+                  f"({self._exec_n} requests)", flush=True)
             g.close()
