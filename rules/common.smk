@@ -6,6 +6,7 @@ from snakemake.utils import min_version, validate
 
 from reasonflow.split import shard_count
 from reasonflow import hub
+from reasonflow.data_fetch import read_manifest, select
 
 min_version("9.0")
 
@@ -14,6 +15,9 @@ validate(config, "../config/schemas/config.schema.yaml")
 
 RAW_DIR = Path(config["data"]["raw_dir"])
 SHARD_BYTES = int(config["data"]["shard_mb"] * 2**20)
+# data.source set: the fetch_data checkpoint downloads the selection into RAW_DIR, and the shard plan
+# is known only after it has run (see curated()). Unset: RAW_DIR is read at parse time, as always.
+DATA_SOURCE = config["data"].get("source")
 
 
 wildcard_constraints:
@@ -22,13 +26,28 @@ wildcard_constraints:
 
 
 def selected_sources():
-    """Raw files (relative to data.raw_dir, without .jsonl) selected by data.file_filter."""
+    """Raw files (relative to data.raw_dir, without .jsonl) selected by data.file_filter.
+
+    With data.source: the files fetch_data fetched (its manifest); only callable inside an input
+    function, where Snakemake defers the job until that checkpoint has run.
+    """
+    if DATA_SOURCE:
+        manifest = read_manifest(checkpoints.fetch_data.get().output.manifest)
+        gone = [
+            f["path"] for f in manifest["files"] if not (RAW_DIR / f["path"]).is_file()
+        ]
+        if gone:
+            raise WorkflowError(
+                f"{gone} listed in results/data/manifest.json are gone from data.raw_dir="
+                f"{str(RAW_DIR)!r}: fetch them again with `snakemake -R fetch_data ...`"
+            )
+        return [f["path"].removesuffix(".jsonl") for f in manifest["files"]]
     if not RAW_DIR.is_dir():
         raise WorkflowError(
             f"data.raw_dir={str(RAW_DIR)!r} is not a directory: download the dataset or fix the config"
         )
     files = sorted(p.relative_to(RAW_DIR).as_posix() for p in RAW_DIR.rglob("*.jsonl"))
-    chosen = [f for f in files if any(s in f for s in config["data"]["file_filter"])]
+    chosen = select(files, config["data"]["file_filter"])
     if not chosen:
         raise WorkflowError(
             f"no *.jsonl under data.raw_dir={str(RAW_DIR)!r} matches data.file_filter="
@@ -38,6 +57,8 @@ def selected_sources():
 
 
 def raw_file(wildcards):
+    if DATA_SOURCE:
+        checkpoints.fetch_data.get()  # the file is there once fetch_data has run
     return RAW_DIR / f"{wildcards.source}.jsonl"
 
 
@@ -61,10 +82,19 @@ def stable(value):
 
 
 def curated(kind):
-    """Paths of one kind of per-shard curation output for every shard."""
-    return [
-        f"results/curation/curated/{src}/{shard}.{kind}" for src, shard in all_shards()
-    ]
+    """Paths of one kind of per-shard curation output for every shard.
+
+    With data.source an input function: the shards follow from the fetched files' sizes, so the
+    jobs that take every shard are planned once the fetch_data checkpoint has run.
+    """
+
+    def paths(wildcards=None):
+        return [
+            f"results/curation/curated/{src}/{shard}.{kind}"
+            for src, shard in all_shards()
+        ]
+
+    return paths if DATA_SOURCE else paths()
 
 
 def model_dir(name_or_path):
@@ -108,6 +138,20 @@ def merge_settings():
         "question_files",
     )
     return stable({k: config["merge"][k] for k in keys if k in config["merge"]})
+
+
+def decontamination_benchmarks():
+    """The evaluated benchmarks the merge decontaminates against (none when it is off). The
+    schema asks for one benchmark at least, so decontamination always has questions to check.
+    """
+    if not config["merge"].get("decontaminate", True):
+        return []
+    return list(config["evaluate"]["benchmarks"])
+
+
+def prepared_benchmarks():
+    """eval_prep's items files of those benchmarks: the exact items the evaluation asks."""
+    return [f"results/eval/data/{name}.jsonl" for name in decontamination_benchmarks()]
 
 
 def train_settings():

@@ -1,4 +1,4 @@
-# Raw SFT files -> line-aligned byte-range shards -> NeMo Curator pipeline per shard.
+# (data.source: hub dataset ->) raw SFT files -> line-aligned byte-range shards -> NeMo Curator per shard.
 
 
 rule download_model:
@@ -15,6 +15,33 @@ rule download_model:
         revision=config["model"].get("revision", "main"),
     script:
         "../scripts/download_model.py"
+
+
+if DATA_SOURCE:
+
+    checkpoint fetch_data:
+        """Fetch the data.file_filter selection of data.source into data.raw_dir, verified
+        (login node; HF_TOKEN from the environment); the shards are planned from it.
+        """
+        output:
+            manifest="results/data/manifest.json",
+            table=report(
+                "results/data/manifest.csv",
+                category="Data",
+                caption="../report/data_manifest.rst",
+            ),
+        log:
+            "logs/fetch_data.log",
+        localrule: True
+        conda:
+            "../envs/curation.yaml"
+        params:
+            repo=DATA_SOURCE["repo"],
+            revision=DATA_SOURCE.get("revision", "main"),
+            file_filter=config["data"]["file_filter"],
+            raw_dir=str(RAW_DIR),
+        script:
+            "../scripts/fetch_data.py"
 
 
 rule split_shard:

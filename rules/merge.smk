@@ -5,12 +5,18 @@ rule merge:
     """Global curriculum merge on a dask LocalCluster sized to the job's threads."""
     input:
         kept=curated("kept.jsonl"),
+        benchmarks=prepared_benchmarks(),
         questions=config["merge"].get("question_files", []),
     output:
         training="results/merge/training.jsonl",
         duplicates="results/merge/duplicates.jsonl",
         contaminated="results/merge/contaminated.jsonl",
         stats="results/merge/merge_stats.json",
+        decontamination=report(
+            "results/merge/decontamination.csv",
+            category="Data",
+            caption="../report/decontamination.rst",
+        ),
     log:
         "logs/merge.log",
     benchmark:
@@ -23,6 +29,7 @@ rule merge:
         runtime=240,
     params:
         settings=merge_settings(),
+        benchmarks=decontamination_benchmarks(),
     script:
         "../scripts/merge.py"
 

@@ -10,8 +10,7 @@ from reasonflow.smk import log_to
 def main() -> None:
     log_to(snakemake.log[0])
     settings = MergeSettings.from_config(snakemake.params.settings)
-    if settings.decontaminate and not settings.question_files:
-        print("WARNING: merge.decontaminate is on but merge.question_files is empty: nothing to decontaminate against")
+    benchmarks = dict(zip(snakemake.params.benchmarks, snakemake.input.benchmarks, strict=True))
     with local_cluster(snakemake.threads), tempfile.TemporaryDirectory(dir=snakemake.resources.tmpdir) as work:
         stats = merge(
             list(snakemake.input.kept),
@@ -21,8 +20,13 @@ def main() -> None:
             snakemake.output.contaminated,
             snakemake.output.stats,
             workdir=work,
+            benchmarks=benchmarks,
+            out_decontamination=snakemake.output.decontamination,
         )
     print(json.dumps(stats["counts"], indent=2))
+    for source, row in stats["counts"]["decontamination"].items():
+        print(f"decontamination: {source} ({row['kind']}): {row['questions']} questions checked, "
+              f"{row['rows_removed']} rows removed")
 
 
 # dask starts worker processes with 'spawn', which re-imports this file: guard the work.

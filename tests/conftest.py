@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,15 @@ def expected_fates(demo_dir) -> dict[str, dict]:
             rec = json.loads(line)
             fates[f"{rec['file']}@{rec['offset']}"] = rec
     return fates
+
+
+def planned(proc) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}; {} when nothing is to be done."""
+    out = proc.stdout + proc.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
 def read_jsonl(path) -> list[dict]:

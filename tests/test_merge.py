@@ -10,7 +10,8 @@ import pytest
 from conftest import read_jsonl
 from reasonflow.merge import decontam
 from reasonflow.merge.interleave import schedule, split_cap, stratified_take
-from reasonflow.merge.run import MergeSettings, local_cluster, merge
+from reasonflow.evaluate.prep import prepare
+from reasonflow.merge.run import MergeSettings, local_cluster, merge, question_index
 
 
 # -- schedules (pure) ---------------------------------------------------------------------------
@@ -71,6 +72,36 @@ def test_reads_the_demo_question_files(demo_dir):
     assert all(len(decontam.words(text)) >= 13 for _, text in qs)
 
 
+def test_question_index_credits_each_source_with_its_questions(tmp_path):
+    q = "which of the following best explains why the planted question has more than thirteen words in it"
+    prepared = tmp_path / "bench.jsonl"
+    prepared.write_text(json.dumps({"id": "x1", "question": q}) + "\n" + json.dumps({"id": "x2", "question": "short"})
+                        + "\n", encoding="utf-8")
+    qi = decontam.QuestionIndex(13).add("bench", decontam.read_prepared(str(prepared), "bench"))
+    qi.add("extra", [("extra:1", q), ("extra:2", q.replace("planted", "other"))])
+    assert qi.questions == {"bench": 2, "extra": 2} and len(qi) == 4
+    hit = decontam.first_match("Quiz: " + q, qi.index, 13)
+    assert hit == "bench:x1" and qi.source_of(hit) == "bench"   # the source added first keeps a shared n-gram
+    assert qi.source_of(decontam.first_match(q.replace("planted", "other"), qi.index, 13)) == "extra"
+
+
+def test_prepared_item_without_a_question_is_named(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "x1", "prompt": "?"}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: .*'question'"):
+        list(decontam.read_prepared(str(bad), "bad"))
+
+
+def test_decontaminate_without_any_question_is_an_error_naming_the_keys(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match="merge.decontaminate.*evaluate.benchmarks.*merge.question_files"):
+        question_index(MergeSettings(), {})
+    with pytest.raises(ValueError, match="no question to check against"):
+        question_index(MergeSettings(), {"mmlu": str(empty)})
+    assert not len(question_index(MergeSettings(decontaminate=False), {}))
+
+
 # -- the dask merge on the demo's curated rows -------------------------------------------------------
 
 def _merge(curated, demo_dir, tmp, workers=2, **overrides):
@@ -108,6 +139,45 @@ def test_dedup_and_decontamination_counts_are_exact(merged, expected):
     cont = read_jsonl(outs["cont.jsonl"])
     assert sorted(c["id"] for c in cont) == expected["contaminated_ids"]
     assert stats["counts"]["contaminated_dropped"] == len(expected["contaminated_ids"])
+
+
+@pytest.fixture(scope="module")
+def prepared(demo_dir, tmp_path_factory):
+    """The demo's benchmarks as eval_prep writes them (MMLU: test split, STEM subjects)."""
+    out = tmp_path_factory.mktemp("prepared")
+    files = {}
+    for name, src in (("mmlu", "eval/mmlu/data.tar"), ("gpqa_main", "eval/gpqa/gpqa_main.csv"),
+                      ("gpqa_diamond", "eval/gpqa/gpqa_diamond.csv")):
+        prepare(name, str(demo_dir / src), out / f"{name}.jsonl", out / f"{name}.json", cache_dir=out / "cache")
+        files[name] = str(out / f"{name}.jsonl")
+    return files
+
+
+@pytestmark_slow
+def test_prepared_benchmarks_alone_remove_the_rows_quoting_their_items(curated, demo_dir, prepared, tmp_path,
+                                                                       expected):
+    """Without any question file, the evaluated items still catch every planted row quoting a test-split
+    MMLU or GPQA question; the stats and the CSV say how many each benchmark checked and removed."""
+    settings = MergeSettings(question_files=[])
+    outs = {k: tmp_path / k for k in ("training.jsonl", "dups.jsonl", "cont.jsonl", "stats.json")}
+    with local_cluster(1):
+        stats = merge([str(o["kept"]) for _, o in curated.values()], settings, *map(str, outs.values()),
+                      workdir=str(tmp_path / "work"), benchmarks=prepared,
+                      out_decontamination=str(tmp_path / "decontamination.csv"))
+    asked = {}
+    for name, path in prepared.items():
+        asked[name] = {json.loads(line)["question"] for line in open(path, encoding="utf-8")}
+    cont = read_jsonl(outs["cont.jsonl"])
+    per = stats["counts"]["decontamination"]
+    assert set(per) == set(prepared) and all(v["kind"] == "benchmark" for v in per.values())
+    for name in prepared:
+        assert per[name]["questions"] == len(asked[name]) > 0
+        assert per[name]["rows_removed"] == sum(c["question"].startswith(name + ":") for c in cont)
+    # every removed row was caught by a benchmark item; the planted test-split rows are among them
+    assert {c["id"] for c in cont} <= set(expected["contaminated_ids"])
+    assert sum(v["rows_removed"] for v in per.values()) == len(cont) >= 6
+    csv_rows = (tmp_path / "decontamination.csv").read_text().splitlines()
+    assert csv_rows[0] == "source,kind,questions,rows_removed" and len(csv_rows) == 1 + len(prepared)
 
 
 @pytestmark_slow

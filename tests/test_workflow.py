@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, planned
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +22,6 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
-
-
-def planned(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}; {} when nothing is to be done."""
-    out = proc.stdout + proc.stderr
-    if "Nothing to be done" in out:
-        return {}
-    table = out.split("Job stats:", 1)[1]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
 def config_variant(workdir: Path, name: str, **curation) -> str:
@@ -150,6 +141,50 @@ def test_merge_outputs_and_statistics(demo_run, expected_fates):
         assert (demo_run / f"results/stats/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     hist = summary["histograms"]["completion_token_count"]
     assert sum(hist["on"]) + sum(hist["off"]) == len(training)
+
+
+def test_planted_contamination_is_removed_and_reported_per_benchmark(demo_run, demo_dir):
+    expected = json.loads((demo_dir / "expected_merge.json").read_text())
+    removed = [json.loads(line) for line in (demo_run / "results/merge/contaminated.jsonl").open()]
+    assert sorted(r["id"] for r in removed) == expected["contaminated_ids"]
+    per = json.loads((demo_run / "results/merge/merge_stats.json").read_text())["counts"]["decontamination"]
+    for name in ("mmlu", "gpqa_main", "gpqa_diamond"):  # the evaluated items, as eval_prep wrote them
+        items = (demo_run / f"results/eval/data/{name}.jsonl").read_text().splitlines()
+        assert per[name] == {"kind": "benchmark", "questions": len(items), "rows_removed": per[name]["rows_removed"]}
+        assert per[name]["rows_removed"] >= 1, name
+    assert sum(v["rows_removed"] for v in per.values()) == len(removed)
+    assert (demo_run / "results/merge/decontamination.csv").read_text().startswith("source,kind,questions,")
+
+
+def test_changed_evaluation_source_replans_merge_and_downstream(demo_run):
+    """The evaluated items are what the training set is decontaminated against."""
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    copy = demo_run / "gpqa_main_copy.csv"
+    shutil.copy(demo_run / cfg["evaluate"]["sources"]["gpqa_main"], copy)
+    cfg["evaluate"]["sources"]["gpqa_main"] = str(copy)
+    path = demo_run / "other_source.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {
+        "eval_prep": 1, "merge": 1, "dataset_stats": 1, "train": 1, "deploy": 1, "evaluate": 12, "eval_report": 1,
+        "all": 1}
+
+
+def test_real_config_decontaminates_against_the_prepared_benchmarks(tmp_path):
+    """A dry run of config/config.yaml (a fake raw folder): eval_prep of every benchmark feeds merge."""
+    raw = tmp_path / "raw/SFT/chat"
+    raw.mkdir(parents=True)
+    (raw / "chat.jsonl").write_text('{"input": [], "output": "x"}\n')
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["data"]["raw_dir"] = str(tmp_path / "raw")
+    cfg["data"].pop("source", None)
+    (tmp_path / "real.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "config").symlink_to(REPO / "config")
+    dot = snakemake(tmp_path, "-n", "--dag", "--configfile", str(tmp_path / "real.yaml")).stdout
+    nodes = {m[1]: m[2] for m in re.finditer(r'^\s*(\d+)\[label = "([^"]*)"', dot, re.M)}
+    edges = set(re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M))
+    merge = next(k for k, v in nodes.items() if v.startswith("merge"))
+    feeding = sorted(nodes[a].split("benchmark: ")[1] for a, b in edges if b == merge and nodes[a].startswith("eval_prep"))
+    assert feeding == sorted(cfg["evaluate"]["benchmarks"]), dot[-2000:]
 
 
 def test_changed_shard_size_replans_the_split(demo_run):

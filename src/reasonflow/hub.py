@@ -12,6 +12,13 @@ from pathlib import Path
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
+TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def env_token() -> str | None:
+    """The HF token from the environment (``HF_TOKEN``, else ``HUGGING_FACE_HUB_TOKEN``), or None."""
+    return next((os.environ[v] for v in TOKEN_VARS if os.environ.get(v)), None)
+
 
 def is_local(name_or_path: str) -> bool:
     """A path (existing, or written like one) rather than a hub id ``org/name``."""
@@ -36,7 +43,7 @@ def download(repo_id: str, revision: str, out_dir: str) -> str:
     """Snapshot a hub repo (weights as safetensors, tokenizer, configs) into ``out_dir``."""
     from huggingface_hub import snapshot_download
 
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    token = env_token()
     return snapshot_download(
         repo_id=repo_id,
         revision=revision,

@@ -4,6 +4,12 @@ Text is normalised to lowercase alphanumeric words; a training prompt is contami
 when any ``n`` consecutive words of it also occur, consecutively, in an evaluation
 question. N-grams are stored as stable 64-bit BLAKE2b digests (the same in every
 process, unlike ``hash``), each mapped to the first question it came from.
+
+Questions come from the benchmarks the workflow evaluates (``eval_prep``'s items JSONL,
+the exact items asked, after the subject filter) and from extra raw release files
+(MMLU CSVs/tarballs, GPQA CSVs). :class:`QuestionIndex` keeps, per source, how many
+questions it contributed, so the merge can say what each source was checked against
+and how many rows each removed.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -59,6 +66,48 @@ def read_questions(paths: Iterable[str]) -> Iterator[tuple[str, str]]:
             raise ValueError(f"decontamination file {str(path)!r}: expected .csv, .tar or a folder")
 
 
+def read_prepared(path: str, label: str) -> Iterator[tuple[str, str]]:
+    """``(label:item id, question)`` from a prepared benchmark file (one JSON item per line)."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if not isinstance(item.get("question"), str) or "id" not in item:
+                raise ValueError(f"{path}:{lineno}: a prepared benchmark item needs 'id' and a 'question' string")
+            yield f"{label}:{item['id']}", item["question"]
+
+
+class QuestionIndex:
+    """N-gram digests of every question, with per-source bookkeeping.
+
+    ``add(source, questions)`` indexes ``(question_id, text)`` pairs; an n-gram seen before keeps
+    the question it came from first, so sources added first are credited with shared questions.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.index: dict[int, str] = {}
+        self.questions: dict[str, int] = {}
+        self._source: dict[str, str] = {}
+
+    def add(self, source: str, questions: Iterable[tuple[str, str]]) -> "QuestionIndex":
+        count = self.questions.setdefault(source, 0)
+        for qid, text in questions:
+            count += 1
+            self._source.setdefault(qid, source)
+            for h in ngram_hashes(text, self.n):
+                self.index.setdefault(h, qid)
+        self.questions[source] = count
+        return self
+
+    def source_of(self, question_id: str) -> str:
+        return self._source[question_id]
+
+    def __len__(self) -> int:
+        return sum(self.questions.values())
+
+
 def build_index_from_texts(questions: Iterable[tuple[str, str]], n: int) -> dict[int, str]:
     """n-gram digest -> id of the first question containing it."""
     index: dict[int, str] = {}
@@ -66,10 +115,6 @@ def build_index_from_texts(questions: Iterable[tuple[str, str]], n: int) -> dict
         for h in ngram_hashes(text, n):
             index.setdefault(h, qid)
     return index
-
-
-def build_index(paths: Iterable[str], n: int) -> dict[int, str]:
-    return build_index_from_texts(read_questions(paths), n)
 
 
 def first_match(text: str, index: dict[int, str], n: int) -> str | None:

@@ -7,7 +7,10 @@ is partition-wise or a shuffle, so the same code runs on data larger than memory
 2. exact dedup of identical ``(input, output)`` pairs: the copy with the smallest
    ``(source file, byte offset)`` stays, the others are listed with the id they repeat;
 3. decontamination: drop rows whose prompt shares an ``ngram``-word run with an
-   evaluation question (listed with the question id);
+   evaluation question (listed with the question id): the prepared items of every
+   benchmark the workflow evaluates, then the extra ``question_files``; the stats say
+   how many questions each source contributed and how many rows it removed. With
+   ``decontaminate`` on and no question at all, the merge refuses to run;
 4. split by reasoning on/off and sort each bucket by ``completion_token_count`` with
    ``(source file, byte offset)`` as the tie-break, so the order depends on the data
    only (not on file listing order, partitioning or the number of workers);
@@ -111,10 +114,14 @@ def merge(
     out_contaminated: str,
     out_stats: str,
     workdir: str,
+    benchmarks: dict[str, str] | None = None,
+    out_decontamination: str | None = None,
 ) -> dict:
     """Run the merge on the current dask client (see :class:`local_cluster`).
 
+    ``benchmarks`` maps a benchmark name to its prepared items JSONL (``eval_prep``).
     ``workdir`` holds the staged and sorted Parquet copies (it can be deleted afterwards).
+    ``out_decontamination``, if given, gets the per-source table as CSV.
     """
     import dask.dataframe as dd
 
@@ -126,7 +133,8 @@ def merge(
         ddf = ddf.merge(first, on="h", how="left")
     else:
         ddf = ddf.assign(first_key=ddf["key"])
-    index = decontam.build_index(settings.question_files, settings.ngram) if settings.decontaminate else {}
+    questions = question_index(settings, benchmarks or {})
+    index = questions.index
     meta = ddf._meta.assign(contaminated_by=pd.Series(dtype="str"))
     ddf = ddf.map_partitions(_flag_contaminated, index, settings.ngram, meta=meta)
     ddf.to_parquet(work / "staged", write_index=False, overwrite=True)
@@ -160,11 +168,18 @@ def merge(
             out.write(json.dumps(next(streams[name]), ensure_ascii=False) + "\n")
             written[name] += 1
 
+    removed: dict[str, int] = {}
+    for rec in cont_records:
+        src = questions.source_of(rec["question"])
+        removed[src] = removed.get(src, 0) + 1
+    per_source = {src: {"kind": "benchmark" if src in (benchmarks or {}) else "file", "questions": n,
+                        "rows_removed": removed.get(src, 0)} for src, n in questions.questions.items()}
     counts = {
         "rows_in": rows_in,
         "duplicates_dropped": len(dup_records),
         "contaminated_dropped": len(cont_records),
         "decontamination_ngrams": len(index),
+        "decontamination": per_source,
         "after_dedup_decontam": sizes,
         "capped_dropped": sizes["on"] + sizes["off"] - k_on - k_off,
         "training_rows": {**written, "total": written["on"] + written["off"]},
@@ -176,7 +191,30 @@ def merge(
     _write_jsonl(out_contaminated, cont_records)
     stats = {"settings": asdict(settings), "counts": counts}
     Path(out_stats).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    if out_decontamination:
+        table = pd.DataFrame([{"source": k, **v} for k, v in per_source.items()],
+                             columns=["source", "kind", "questions", "rows_removed"])
+        table.to_csv(out_decontamination, index=False)
     return stats
+
+
+def question_index(settings: MergeSettings, benchmarks: dict[str, str]) -> decontam.QuestionIndex:
+    """Every question the training rows are checked against: the evaluated benchmarks' prepared
+    items (sorted by name), then each extra question file. Empty when decontamination is off."""
+    qi = decontam.QuestionIndex(settings.ngram)
+    if not settings.decontaminate:
+        return qi
+    for name in sorted(benchmarks):
+        qi.add(name, decontam.read_prepared(benchmarks[name], name))
+    for path in settings.question_files:
+        qi.add(path, decontam.read_questions([path]))
+    if not len(qi):
+        raise ValueError(
+            "merge.decontaminate is true but there is no question to check against: evaluate.benchmarks "
+            f"gave {sorted(benchmarks) or 'no prepared file'} and merge.question_files lists "
+            f"{settings.question_files or 'none'} (with no question in them); add a benchmark or a question "
+            "file, or set merge.decontaminate: false")
+    return qi
 
 
 def pq_rows(path: Path) -> int:
