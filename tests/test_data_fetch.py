@@ -7,7 +7,6 @@ import csv
 import hashlib
 import json
 import os
-import re
 import subprocess
 import zipfile
 from pathlib import Path
