@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -12,6 +13,40 @@ min_version("9.0")
 
 
 validate(config, "../config/schemas/config.schema.yaml")
+
+
+def unset_profile_variables():
+    """Resources the profile set to ``$NAME`` whose variable is not in the environment (Snakemake
+    passes such a value on literally, and sbatch refuses it only after submission has begun).
+    """
+    rs = workflow.resource_settings
+    groups = [("default-resources", rs.default_resources or {})]
+    groups += [
+        (f"set-resources {rule}", res)
+        for rule, res in (rs.overwrite_resources or {}).items()
+    ]
+    missing = {}
+    for where, resources in groups:
+        for name, res in resources.items():
+            raw = getattr(res, "raw", res)
+            for var in re.findall(
+                r"\$\{?([A-Za-z_]\w*)", raw if isinstance(raw, str) else ""
+            ):
+                if not os.environ.get(var):
+                    missing.setdefault(var, []).append(f"{where}: {name}")
+    return missing
+
+
+if unset_profile_variables():
+    raise WorkflowError(
+        "the profile's resources name environment variables that are not set, so nothing was "
+        "submitted: "
+        + "; ".join(
+            f"${v} ({', '.join(w)})" for v, w in unset_profile_variables().items()
+        )
+        + ". Export them first, e.g. export RF_CPU_PARTITION=cpu RF_GPU_PARTITION=gpu "
+        "RF_SLURM_ACCOUNT=myproject"
+    )
 
 RAW_DIR = Path(config["data"]["raw_dir"])
 SHARD_BYTES = int(config["data"]["shard_mb"] * 2**20)

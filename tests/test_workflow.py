@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -218,6 +219,24 @@ def test_missing_raw_dir_is_named(tmp_path):
     proc = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "c.yaml"), check=False)
     assert proc.returncode != 0
     assert "nowhere" in proc.stdout + proc.stderr and "is not a directory" in proc.stdout + proc.stderr
+
+
+def test_slurm_profile_with_unset_variables_stops_before_submitting(tmp_path):
+    for name in ("config", "resources"):
+        (tmp_path / name).symlink_to(REPO / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RF_")}
+    env["RF_CPU_PARTITION"] = "cpu"
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--profile",
+           str(REPO / "profiles/slurm"), "-n", "--configfile", "config/demo.yaml"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "nothing was submitted" in out, out[-2000:]
+    assert "$RF_SLURM_ACCOUNT (default-resources: slurm_account)" in out
+    assert "$RF_GPU_PARTITION (set-resources train: slurm_partition" in out
+    assert "$RF_CPU_PARTITION" not in out.split("nothing was submitted", 1)[1].split(". Export")[0]
+    env.update(RF_GPU_PARTITION="gpu", RF_SLURM_ACCOUNT="acct")
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert ok.returncode == 0 and "nothing was submitted" not in ok.stdout + ok.stderr, ok.stderr[-2000:]
 
 
 def test_lint_and_format_are_clean():
