@@ -14,7 +14,8 @@ import torch
 from conftest import REPO
 from reasonflow.train.data import IGNORE, JsonlDataset, pack
 from reasonflow.train.trainer import (
-    KILL_AFTER_CHECKPOINT, PLAIN, TrainSettings, build_model, forward_loss, micro_batches,
+    KILL_AFTER_CHECKPOINT, PLAIN, SIGNAL_AFTER_STEP, STOPPED_EXIT, TrainSettings, build_model, forward_loss,
+    micro_batches,
 )
 
 pytestmark = pytest.mark.slow
@@ -87,16 +88,20 @@ def test_packing_matches_unpacked_loss_and_gradients(tok, tmp_path, demo_dir):
     assert run([plain])[0] != pytest.approx(lu, rel=1e-4)
 
 
-def _train(tmp_path, demo_dir, training, settings: dict, name="run", kill_after=None):
-    """Run the trainer CLI; with ``kill_after=N`` it SIGKILLs itself right after checkpoint N."""
+def _train(tmp_path, demo_dir, training, settings: dict, name="run", kill_after=None, signal_after=None):
+    """Run the trainer CLI; with ``kill_after=N`` it SIGKILLs itself right after checkpoint N, with
+    ``signal_after=N`` it sends itself SIGUSR1 after step N (a real signal through the real handler)."""
     cmd = [sys.executable, "-m", "reasonflow.train", "--base", str(demo_dir / "model"), "--training", training,
            "--settings", json.dumps(settings), "--out", str(tmp_path / name), "--device", "cpu"]
-    env = {**os.environ, KILL_AFTER_CHECKPOINT: str(kill_after)} if kill_after else None
-    proc = subprocess.run(cmd, capture_output=True, cwd=REPO, timeout=600, env=env)
+    env = dict(os.environ)
     if kill_after:
-        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    else:
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        env[KILL_AFTER_CHECKPOINT] = str(kill_after)
+    if signal_after:
+        env[SIGNAL_AFTER_STEP] = str(signal_after)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    expected = -signal.SIGKILL if kill_after else STOPPED_EXIT if signal_after else 0
+    assert proc.returncode == expected, proc.stderr[-2000:]
+    (tmp_path / f"{name}.out").write_text(proc.stdout + proc.stderr)
     return tmp_path / name
 
 
@@ -135,6 +140,30 @@ def test_killed_run_resumes_to_the_same_adapter(tok, tmp_path, demo_dir):
     assert ckpts == ["step-0000006", "step-0000008"]  # keep_last=2
     steps = [line.split(",")[0] for line in (resumed / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [str(i) for i in range(1, 9)]
+
+
+def test_stop_signal_checkpoints_exits_75_and_the_rerun_gives_the_same_adapter(tok, tmp_path, demo_dir):
+    """SIGUSR1 (Slurm's warning before a time limit) after step 3 of 6, no regular checkpoint before
+    the end: the run writes one at step 3, exits 75, and the rerun ends where a straight run does."""
+    from safetensors.torch import load_file
+
+    training = _write(tmp_path / "t.jsonl", _rows(tok, 30))
+    settings = {"max_steps": 6, "global_batch_size": 5, "lr": 2e-3, "max_length": 256, "lora_rank": 8,
+                "lora_alpha": 16, "checkpoint_every": 100, "data_order": "shuffle", "seed": 3}
+    straight = _train(tmp_path, demo_dir, training, settings, name="straight")
+    stopped = _train(tmp_path, demo_dir, training, settings, name="stopped", signal_after=3)
+    log = (tmp_path / "stopped.out").read_text()
+    assert "SIGUSR1 received" in log and "SIGUSR1: stopped after step 3 of 6" in log and "exit status 75" in log
+    ckpts = sorted((stopped / "checkpoints").glob("*/step-*"))
+    assert [p.name for p in ckpts] == ["step-0000003"] and (ckpts[0] / "COMPLETE").is_file()
+    assert not (stopped / "adapter").exists()
+    assert len((stopped / "metrics.csv").read_text().splitlines()) == 1 + 3
+    _train(tmp_path, demo_dir, training, settings, name="stopped")
+    a = load_file(straight / "adapter" / "adapter_model.safetensors")
+    b = load_file(stopped / "adapter" / "adapter_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert "resuming from" in (tmp_path / "stopped.out").read_text()
 
 
 def test_adapter_reloads_with_peft_and_changes_the_model(tok, tmp_path, demo_dir):

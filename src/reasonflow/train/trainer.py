@@ -9,6 +9,11 @@ Checkpoints (``checkpoint_every`` steps, newest ``keep_last`` kept) hold the ada
 optimizer, scheduler, RNG states and the number of samples consumed; they are written
 to a temporary folder and renamed, with a ``COMPLETE`` marker last. On start the
 newest complete checkpoint is resumed, so a killed or requeued job continues exactly.
+
+SIGTERM or SIGUSR1 (what Slurm sends before a time limit, ``sbatch --signal``) make the run
+finish the optimizer step in progress, write a complete checkpoint and metrics, log what
+happened and exit with status ``STOPPED_EXIT`` (75, EX_TEMPFAIL): a rerun or a retry of the
+job resumes from that checkpoint and ends with the adapter of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -187,6 +194,40 @@ def checkpoint_root(parent, base: str, training: str, settings: TrainSettings) -
 # Fault injection: the process SIGKILLs itself right after writing this step's checkpoint, as a
 # preempted job would die; tests/test_train.py uses it to prove the resume is exact.
 KILL_AFTER_CHECKPOINT = "RF_KILL_AFTER_CHECKPOINT"
+SIGNAL_AFTER_STEP = "RF_SIGNAL_AFTER_STEP"  # fault injection: the run sends itself SIGUSR1 after step N
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOPPED_EXIT = 75  # EX_TEMPFAIL: stopped on a signal after a complete checkpoint; run again to resume
+
+
+class TrainingStopped(SystemExit):
+    """A stop signal ended the run after ``step``; ``checkpoint`` is complete. Exits with 75."""
+
+    def __init__(self, signame: str, step: int, checkpoint: Path):
+        super().__init__(STOPPED_EXIT)
+        self.signame, self.step, self.checkpoint = signame, step, checkpoint
+
+
+class _StopOnSignal:
+    """Records the first stop signal instead of dying (main thread only); restores the handlers."""
+
+    def __init__(self):
+        self.signame: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signame is None:
+            self.signame = signal.Signals(signum).name
+            print(f"{self.signame} received: stopping after the current optimizer step", flush=True)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
@@ -286,30 +327,43 @@ def train(
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="rf-data")
     pending = pool.submit(next_batch)
-    while step < settings.max_steps:
-        t0 = time.perf_counter()
-        examples, used = pending.result()
-        if step + 1 < settings.max_steps:
-            pending = pool.submit(next_batch)
-        out = train_step(model, params, optimizer, scheduler, examples, settings, pad_id, dev)
-        samples += used
-        step += 1
-        seconds = time.perf_counter() - t0
-        row = {"step": step, "loss": out["loss"], "lr": out["lr"], "samples": samples, "tokens": out["tokens"],
-               "tokens_per_s": out["tokens"] / seconds, "memory_mb": _memory_mb(dev), "grad_norm": out["grad_norm"]}
-        metrics_rows.append(row)
-        if writer:
-            for k in ("loss", "lr", "tokens_per_s", "grad_norm"):
-                writer.add_scalar(f"train/{k}", row[k], step)
-        bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-        bar.update(1)
-        if step % settings.checkpoint_every == 0 or step == settings.max_steps:
-            save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last)
-            write_metrics(out_metrics, metrics_rows)
-            if os.environ.get(KILL_AFTER_CHECKPOINT) == str(step):  # fault injection for the resume test
-                import signal
-
-                os.kill(os.getpid(), signal.SIGKILL)
+    with _StopOnSignal() as stop:
+        while step < settings.max_steps:
+            t0 = time.perf_counter()
+            examples, used = pending.result()
+            if step + 1 < settings.max_steps:
+                pending = pool.submit(next_batch)
+            out = train_step(model, params, optimizer, scheduler, examples, settings, pad_id, dev)
+            samples += used
+            step += 1
+            seconds = time.perf_counter() - t0
+            row = {"step": step, "loss": out["loss"], "lr": out["lr"], "samples": samples, "tokens": out["tokens"],
+                   "tokens_per_s": out["tokens"] / seconds, "memory_mb": _memory_mb(dev), "grad_norm": out["grad_norm"]}
+            metrics_rows.append(row)
+            if writer:
+                for k in ("loss", "lr", "tokens_per_s", "grad_norm"):
+                    writer.add_scalar(f"train/{k}", row[k], step)
+            bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            bar.update(1)
+            if os.environ.get(SIGNAL_AFTER_STEP) == str(step):  # fault injection for the signal test
+                os.kill(os.getpid(), signal.SIGUSR1)
+            saved = None
+            if step % settings.checkpoint_every == 0 or step == settings.max_steps:
+                saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last)
+                write_metrics(out_metrics, metrics_rows)
+                if os.environ.get(KILL_AFTER_CHECKPOINT) == str(step):  # fault injection for the resume test
+                    os.kill(os.getpid(), signal.SIGKILL)
+            if stop.signame and step < settings.max_steps:
+                if saved is None:
+                    saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last)
+                    write_metrics(out_metrics, metrics_rows)
+                pending.cancel()
+                pool.shutdown(wait=True)
+                bar.close()
+                print(f"{stop.signame}: stopped after step {step} of {settings.max_steps} with a complete checkpoint "
+                      f"{saved}; exit status {STOPPED_EXIT}: run the job again (Snakemake retries it) to resume",
+                      flush=True)
+                raise TrainingStopped(stop.signame, step, saved)
     pool.shutdown(wait=True)
     bar.close()
     if writer:
