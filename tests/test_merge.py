@@ -58,7 +58,7 @@ def test_stratified_take_spreads_evenly_and_cap_keeps_balance():
 
 def test_ngram_match_needs_the_full_run():
     q = "Which of the following best explains why the mitochondria of a eukaryotic cell has its own genome"
-    index = decontam.build_index_from_texts([("q1", q)], 13)
+    index = decontam.QuestionIndex(13).add("q", [("q1", q)]).index
     assert decontam.first_match("Quiz: " + q.upper() + "?", index, 13) == "q1"
     twelve = " ".join(decontam.words(q)[:12])
     assert decontam.first_match(twelve + " banana", index, 13) is None

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reasonflow.hub import TOKEN_VARS, env_token
+from reasonflow.hub import env_token, env_token_var
 
 _CHUNK = 8 << 20
 
@@ -113,8 +113,7 @@ def fetch(
     from huggingface_hub import HfApi, hf_hub_download
 
     file_filter = list(file_filter)
-    token = env_token()
-    source = next((v for v in TOKEN_VARS if os.environ.get(v)), None)
+    token, source = env_token(), env_token_var()
     log(f"token: {'from $' + source if source else 'none in the environment (huggingface_hub login, if any)'}")
     api = HfApi(endpoint=endpoint, token=token)
     commit = api.dataset_info(repo, revision=revision).sha

@@ -15,9 +15,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
+def env_token_var() -> str | None:
+    """Which variable holds the HF token (``HF_TOKEN``, else ``HUGGING_FACE_HUB_TOKEN``), or None."""
+    return next((v for v in TOKEN_VARS if os.environ.get(v)), None)
+
+
 def env_token() -> str | None:
-    """The HF token from the environment (``HF_TOKEN``, else ``HUGGING_FACE_HUB_TOKEN``), or None."""
-    return next((os.environ[v] for v in TOKEN_VARS if os.environ.get(v)), None)
+    """The HF token from the environment (see :func:`env_token_var`), or None."""
+    var = env_token_var()
+    return os.environ[var] if var else None
 
 
 def is_local(name_or_path: str) -> bool:

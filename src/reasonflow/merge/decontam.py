@@ -108,15 +108,6 @@ class QuestionIndex:
         return sum(self.questions.values())
 
 
-def build_index_from_texts(questions: Iterable[tuple[str, str]], n: int) -> dict[int, str]:
-    """n-gram digest -> id of the first question containing it."""
-    index: dict[int, str] = {}
-    for qid, text in questions:
-        for h in ngram_hashes(text, n):
-            index.setdefault(h, qid)
-    return index
-
-
 def first_match(text: str, index: dict[int, str], n: int) -> str | None:
     """The id of the first evaluation question sharing an n-gram with ``text``, if any."""
     for h in ngram_hashes(text, n):
