@@ -52,6 +52,10 @@ def server(serve_env, repo, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("vllm_logs")
     with serving(repo, log_dir, serve_venv=str(serve_env.venv), ready_timeout=300) as url:
         yield url
+        log = (log_dir / "tritonserver.log").read_text(errors="replace")
+        # a dead engine fails every later test with only "EngineDeadError": say why it died
+        died = [m.start() for m in re.finditer(r"Traceback|EngineDeadError|Killed|out of memory", log)]
+        assert not died, f"the engine reported an error; tritonserver.log from there:\n{log[max(0, died[0] - 2000):][:12000]}"
     # nothing left running: the server (and the engine core it spawned) is gone, its port closed
     with pytest.raises(ProcessLookupError):
         os.kill(url.triton_pid, 0)
