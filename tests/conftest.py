@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,36 @@ def expected_fates(demo_dir) -> dict[str, dict]:
             rec = json.loads(line)
             fates[f"{rec['file']}@{rec['offset']}"] = rec
     return fates
+
+
+def demo_workdir(root: Path, demo_dir: Path) -> Path:
+    """A private working directory for a demo run: config and fixtures symlinked, raw files copied
+    (tests add files there)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config").symlink_to(REPO / "config")
+    (root / "resources/demo").mkdir(parents=True)
+    for entry in demo_dir.iterdir():
+        if entry.name == "raw":
+            shutil.copytree(entry, root / "resources/demo/raw")
+        else:
+            (root / "resources/demo" / entry.name).symlink_to(entry)
+    return root
+
+
+DEMO_RUN_TIMEOUT = 1200
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, demo_dir) -> Path:
+    """The whole demo workflow run once per test session (``--cores 2``), in a private working
+    directory: test_workflow's checks and test_slurm's local reference share it."""
+    workdir = demo_workdir(tmp_path_factory.mktemp("wf"), demo_dir)
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+           "--configfile", "config/demo.yaml"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DEMO_RUN_TIMEOUT)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return workdir
 
 
 def planned(proc) -> dict[str, int]:

@@ -42,21 +42,6 @@ def n_shards(raw: Path) -> int:
     return sum(shard_count(p.stat().st_size, int(cfg["shard_mb"] * 2**20)) for p in files)
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, demo_dir):
-    """The demo workflow run once in a private working directory (its own copy of the raw files)."""
-    workdir = tmp_path_factory.mktemp("wf")
-    (workdir / "config").symlink_to(REPO / "config")
-    (workdir / "resources/demo").mkdir(parents=True)
-    for entry in demo_dir.iterdir():
-        if entry.name == "raw":
-            shutil.copytree(entry, workdir / "resources/demo/raw")
-        else:
-            (workdir / "resources/demo" / entry.name).symlink_to(entry)
-    snakemake(workdir, "--configfile", "config/demo.yaml")
-    return workdir
-
-
 def test_demo_run_accounts_for_every_selected_row(demo_run, expected_fates):
     summary = json.loads((demo_run / "results/curation/summary.json").read_text())
     selected = [v for v in expected_fates.values() if v["fate"] != "not_selected"]
