@@ -3,7 +3,8 @@
 Runs when a Slurm controller with the script's `cpu` and `gpu` partitions answers, or, with
 RF_TEST_SLURM=1 as root on Debian, after starting one itself (`tools/slurm_local.sh up`, stopped
 again with `down` at the end of the module). Otherwise every test here is skipped with the reason.
-Takes ~9 min on 2 cores: the Slurm run (~6 min, 40 sbatch jobs) plus a local run to compare with.
+The Slurm run makes every rule's outputs but the evaluation report's, with one evaluate job of
+twelve (TARGETS), and is compared with the session's local demo run (conftest's demo_run).
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, demo_workdir
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = REPO / "tools" / "slurm_local.sh"
 PROFILE = REPO / "profiles" / "slurm-ci"
-LOCAL_RULES = {"all", "eval_prep", "download_model"}  # run by Snakemake itself (no sbatch): target rules and `localrule: True` ones
+LOCAL_RULES = {"eval_prep", "download_model"}  # `localrule: True`: run by Snakemake itself (no sbatch)
 GPU_RULE = "train"
+# Every rule but eval_report, with one of the demo's 12 evaluate jobs (the smallest benchmark): the
+# Slurm path of a Triton-serving job is shown once; the other 11 add CI time, not coverage.
+EVAL_ITEMS = "results/eval/items/adapter/gpqa_diamond/on.csv"
+TARGETS = ("results/curation/summary.json", "results/merge/training.jsonl", "results/stats/summary.json",
+           "results/train/adapter", "results/serve/triton_repo", EVAL_ITEMS)
 RUN_TIMEOUT = 1800
 
 
@@ -81,19 +87,6 @@ def slurm_cluster():
         assert down.returncode == 0, down.stderr
 
 
-def demo_workdir(root: Path, demo_dir: Path) -> Path:
-    """Private working directory: config and fixtures symlinked, raw files copied (as test_workflow)."""
-    root.mkdir(parents=True)
-    (root / "config").symlink_to(REPO / "config")
-    (root / "resources/demo").mkdir(parents=True)
-    for entry in demo_dir.iterdir():
-        if entry.name == "raw":
-            shutil.copytree(entry, root / "resources/demo/raw")
-        else:
-            (root / "resources/demo" / entry.name).symlink_to(entry)
-    return root
-
-
 def snakemake(workdir: Path, *args: str, log: str | None = None) -> subprocess.CompletedProcess:
     """Snakemake run from inside `workdir` (the Slurm plugin's -D and log dir follow the cwd)."""
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile", "config/demo.yaml", *args]
@@ -120,27 +113,24 @@ def planned(proc: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def runs(slurm_cluster, demo_dir, tmp_path_factory):
-    """The demo run once through Slurm (profiles/slurm-ci) and once locally, in private directories."""
-    base = tmp_path_factory.mktemp("slurm")
-    slurm_dir, local_dir = demo_workdir(base / "slurm", demo_dir), demo_workdir(base / "local", demo_dir)
-    plan = planned(snakemake(slurm_dir, "-n", "--profile", str(PROFILE)))
+def runs(slurm_cluster, demo_dir, demo_run, tmp_path_factory):
+    """TARGETS made through Slurm (profiles/slurm-ci) in a private directory; the session's local demo
+    run (conftest's demo_run, ``--cores 2``) is the reference."""
+    slurm_dir = demo_workdir(tmp_path_factory.mktemp("slurm") / "slurm", demo_dir)
+    plan = planned(snakemake(slurm_dir, "-n", "--profile", str(PROFILE), *TARGETS))
     t0 = time.monotonic()
     # --verbose: the plugin logs each sbatch command line (debug level)
-    proc = snakemake(slurm_dir, "--profile", str(PROFILE), "--verbose", log="slurm_run.log")
+    proc = snakemake(slurm_dir, "--profile", str(PROFILE), "--verbose", *TARGETS, log="slurm_run.log")
     slurm_s = time.monotonic() - t0
-    # right away, while the GPU job is younger than MinJobAge (300 s) and scontrol still knows it
+    # right away, while the GPU job is younger than MinJobAge and scontrol still knows it
     submitted = {int(m[1]): (int(m[2]), Path(m[3])) for m in re.finditer(
         r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.", proc.stdout + proc.stderr)}
     gpu_ids = [sid for sid, log in submitted.values() if log.parts[-2] == f"rule_{GPU_RULE}"]
     scontrol = {sid: subprocess.run(["scontrol", "-o", "show", "job", str(sid)], capture_output=True, text=True).stdout
                 for sid in gpu_ids}
-    t0 = time.monotonic()
-    snakemake(local_dir, "--cores", "2", log="local_run.log")
-    local_s = time.monotonic() - t0
     print(f"\nslurm cluster up: {slurm_cluster['up_s']:.1f}s (started here: {slurm_cluster['started']}), "
-          f"slurm run: {slurm_s:.0f}s, local run: {local_s:.0f}s")
-    return {"slurm": slurm_dir, "local": local_dir, "plan": plan, "out": proc.stdout + proc.stderr,
+          f"slurm run: {slurm_s:.0f}s ({len(submitted)} jobs)")
+    return {"slurm": slurm_dir, "local": demo_run, "plan": plan, "out": proc.stdout + proc.stderr,
             "submitted": submitted, "gpu_scontrol": scontrol}
 
 
@@ -205,6 +195,15 @@ def test_outputs_equal_a_local_run(runs):
     assert (slurm / "results/merge/training.jsonl").stat().st_size > 0
 
 
+def test_evaluate_job_served_and_scored_the_same_items_as_locally(runs):
+    import pandas as pd
+
+    slurm, local = (pd.read_csv(root / EVAL_ITEMS) for root in (runs["slurm"], runs["local"]))
+    keys = ["model", "benchmark", "mode", "id", "repeat", "expected"]
+    assert len(slurm) > 0 and slurm[keys].equals(local[keys])
+    assert (slurm["error"].isna() | (slurm["error"] == "")).all(), slurm["error"].unique()
+
+
 def test_trained_adapter_matches_the_local_one(runs):
     import numpy as np
     from safetensors.numpy import load_file
@@ -233,3 +232,29 @@ def test_trained_adapter_matches_the_local_one(runs):
     for key in wa:
         np.testing.assert_allclose(wa[key], wb[key], rtol=1e-3, atol=1e-5, err_msg=key)
     assert (slurm / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trainer_stops_with_a_checkpoint_before_a_real_job_time_limit(runs, tmp_path):
+    """train.stop_margin_s in a real Slurm job: `--time=2` and a 100 s margin leave ~20 s of training;
+    the trainer learns the end time from squeue (this Slurm sets no SLURM_JOB_END_TIME), stops with
+    a checkpoint and exit 75 long before the limit, and Slurm records that exit status."""
+    import sys
+
+    settings = {"max_steps": 100000, "global_batch_size": 2, "max_length": 256, "lora_rank": 4, "lora_alpha": 8,
+                "checkpoint_every": 100000, "stop_margin_s": 100}
+    cmd = [sys.executable, "-m", "reasonflow.train", "--base", str(runs["slurm"] / "resources/demo/model"),
+           "--training", str(runs["slurm"] / "results/merge/training.jsonl"), "--settings", json.dumps(settings),
+           "--out", str(tmp_path / "run"), "--device", "cpu"]
+    log = tmp_path / "job.log"
+    proc = subprocess.run(["sbatch", "--wait", "--parsable", "-p", "cpu", "-A", "reasonflow", "-c", "2",
+                           "--mem=3000", "--time=2", "-o", str(log), "--chdir", str(REPO),
+                           "--wrap", " ".join(f"'{c}'" for c in cmd)], capture_output=True, text=True, timeout=300)
+    out = log.read_text() if log.exists() else ""
+    assert proc.returncode == 75, (proc.returncode, proc.stderr, out[-3000:])
+    assert "stopping with a checkpoint when less than 100 s plus one step remain" in out, out[-3000:]
+    assert re.search(r"TIME_LIMIT: \d+ s left in the job", out) and "exit status 75" in out, out[-3000:]
+    (ckpt,) = (tmp_path / "run/checkpoints").glob("*/step-*")
+    assert (ckpt / "COMPLETE").is_file()
+    job = subprocess.run(["scontrol", "-o", "show", "job", proc.stdout.strip().split(";")[0]],
+                         capture_output=True, text=True).stdout
+    assert "ExitCode=75:0" in job and "JobState=FAILED" in job, job

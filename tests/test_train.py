@@ -88,9 +88,11 @@ def test_packing_matches_unpacked_loss_and_gradients(tok, tmp_path, demo_dir):
     assert run([plain])[0] != pytest.approx(lu, rel=1e-4)
 
 
-def _train(tmp_path, demo_dir, training, settings: dict, name="run", kill_after=None, signal_after=None):
+def _train(tmp_path, demo_dir, training, settings: dict, name="run", kill_after=None, signal_after=None,
+           env_extra=None, expect=None):
     """Run the trainer CLI; with ``kill_after=N`` it SIGKILLs itself right after checkpoint N, with
-    ``signal_after=N`` it sends itself SIGUSR1 after step N (a real signal through the real handler)."""
+    ``signal_after=N`` it sends itself SIGUSR1 after step N (a real signal through the real handler);
+    ``env_extra`` is added to its environment, ``expect`` overrides the expected exit status."""
     cmd = [sys.executable, "-m", "reasonflow.train", "--base", str(demo_dir / "model"), "--training", training,
            "--settings", json.dumps(settings), "--out", str(tmp_path / name), "--device", "cpu"]
     env = dict(os.environ)
@@ -98,8 +100,9 @@ def _train(tmp_path, demo_dir, training, settings: dict, name="run", kill_after=
         env[KILL_AFTER_CHECKPOINT] = str(kill_after)
     if signal_after:
         env[SIGNAL_AFTER_STEP] = str(signal_after)
+    env.update(env_extra or {})
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
-    expected = -signal.SIGKILL if kill_after else STOPPED_EXIT if signal_after else 0
+    expected = expect if expect is not None else -signal.SIGKILL if kill_after else STOPPED_EXIT if signal_after else 0
     assert proc.returncode == expected, proc.stderr[-2000:]
     (tmp_path / f"{name}.out").write_text(proc.stdout + proc.stderr)
     return tmp_path / name
@@ -164,6 +167,45 @@ def test_stop_signal_checkpoints_exits_75_and_the_rerun_gives_the_same_adapter(t
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert "resuming from" in (tmp_path / "stopped.out").read_text()
+
+
+def test_job_end_time_within_the_margin_stops_with_a_checkpoint_and_the_rerun_finishes_the_same(
+        tok, tmp_path, demo_dir):
+    """stop_margin_s: a Slurm job whose end time (SLURM_JOB_END_TIME) is already within the margin
+    stops after its first step with a checkpoint and exit 75, without any signal; a rerun outside
+    that job resumes, and the stop margin does not change the run's checkpoint identity."""
+    import time
+
+    from safetensors.torch import load_file
+
+    training = _write(tmp_path / "t.jsonl", _rows(tok, 30))
+    settings = {"max_steps": 5, "global_batch_size": 5, "lr": 2e-3, "max_length": 256, "lora_rank": 8,
+                "lora_alpha": 16, "checkpoint_every": 100, "data_order": "shuffle", "seed": 5}
+    straight = _train(tmp_path, demo_dir, training, settings, name="straight")
+    margin = {**settings, "stop_margin_s": 3600}
+    end = {"SLURM_JOB_ID": "1", "SLURM_JOB_END_TIME": str(int(time.time()) + 3600)}
+    stopped = _train(tmp_path, demo_dir, training, margin, name="stopped", env_extra=end, expect=STOPPED_EXIT)
+    log = (tmp_path / "stopped.out").read_text()
+    assert "stopping with a checkpoint when less than 3600 s plus one step remain" in log
+    assert "TIME_LIMIT: stopped after step 1 of 5" in log and "exit status 75" in log, log[-2000:]
+    assert [p.name for p in (stopped / "checkpoints").glob("*/step-*")] == ["step-0000001"]
+    # far from the end: the margin never triggers
+    far = {"SLURM_JOB_ID": "1", "SLURM_JOB_END_TIME": str(int(time.time()) + 10**6)}
+    _train(tmp_path, demo_dir, training, margin, name="stopped", env_extra=far)
+    assert "resuming from" in (tmp_path / "stopped.out").read_text()
+    a = load_file(straight / "adapter" / "adapter_model.safetensors")
+    b = load_file(stopped / "adapter" / "adapter_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_job_end_time_from_the_environment_else_none():
+    from reasonflow.train.trainer import job_end_time
+
+    assert job_end_time({"SLURM_JOB_END_TIME": "1700000000", "SLURM_JOB_ID": "9"}) == 1700000000.0
+    assert job_end_time({}) is None  # not in a Slurm job
+    # a job id no controller knows (or no squeue at all): no end time, no stop
+    assert job_end_time({"SLURM_JOB_ID": "999999999", "SLURM_JOB_END_TIME": "0"}) is None
 
 
 def test_adapter_reloads_with_peft_and_changes_the_model(tok, tmp_path, demo_dir):

@@ -41,6 +41,9 @@ class TrainSettings:
     pack_length: int = 0  # tokens per packed row; 0 = max_length
     checkpoint_every: int = 100
     keep_last: int = 3
+    # Inside a Slurm job with a time limit: stop this many seconds (plus one step) before the job's end
+    # time with a complete checkpoint and exit 75, as on SIGUSR1; 0 = run until killed
+    stop_margin_s: int = 0
     overlong: str = "truncate"
     merge_model: bool = False
 
@@ -65,6 +68,9 @@ class TrainSettings:
 # a run resumes its checkpoints across changes of these (e.g. compile switched off to debug a node).
 SPEED_ONLY = ("gradient_checkpointing", "checkpoint_layers", "attention", "fused_loss", "loss_chunk", "fused_lora",
               "fused_norm_mlp", "compile_kernels", "compile_layers", "pack_strategy", "pack_length")
+
+# Fields that say when a job stops, never what it computes: also left out of a run's identity.
+RUN_CONTROL = ("stop_margin_s",)
 
 # The trainer as it was before the fast path: what bench/train_throughput.py calls "plain".
 PLAIN = {"attention": "sdpa", "fused_loss": False, "fused_lora": False, "fused_norm_mlp": False,

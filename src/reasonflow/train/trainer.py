@@ -13,7 +13,10 @@ newest complete checkpoint is resumed, so a killed or requeued job continues exa
 SIGTERM or SIGUSR1 (what Slurm sends before a time limit, ``sbatch --signal``) make the run
 finish the optimizer step in progress, write a complete checkpoint and metrics, log what
 happened and exit with status ``STOPPED_EXIT`` (75, EX_TEMPFAIL): a rerun or a retry of the
-job resumes from that checkpoint and ends with the adapter of an uninterrupted run.
+job resumes from that checkpoint and ends with the adapter of an uninterrupted run. With
+``stop_margin_s`` the run does the same on its own inside a Slurm job, once the job's end time
+(:func:`job_end_time`) is nearer than the margin plus the slowest step so far: no signal has to
+reach the trainer through the job script and Snakemake (which die on SIGUSR1).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch
 from reasonflow.train.data import (
     IGNORE, Example, JsonlDataset, best_fit, in_order, pad_batch, padded_row, sample_order, varlen_batch,
 )
-from reasonflow.train.settings import ALL_LINEAR, METRICS, PLAIN, SPEED_ONLY, TrainSettings  # noqa: F401
+from reasonflow.train.settings import ALL_LINEAR, METRICS, PLAIN, RUN_CONTROL, SPEED_ONLY, TrainSettings  # noqa: F401
 
 
 def lr_lambda(settings: TrainSettings):
@@ -180,12 +183,12 @@ def checkpoint_root(parent, base: str, training: str, settings: TrainSettings) -
 
     A changed config (or a re-merged training.jsonl) gets a fresh folder, so a job never
     resumes checkpoints of a different run; old folders stay for inspection. The speed-only
-    switches (:data:`SPEED_ONLY`) are left out: the same run resumes across them.
+    switches (:data:`SPEED_ONLY`) and the stop margin are left out: the same run resumes across them.
     """
     import hashlib
 
     st = os.stat(training)
-    run = {k: v for k, v in asdict(settings).items() if k not in SPEED_ONLY}
+    run = {k: v for k, v in asdict(settings).items() if k not in SPEED_ONLY + RUN_CONTROL}
     ident = json.dumps({"settings": run, "base": os.path.abspath(base),
                         "training": [os.path.abspath(training), st.st_size, st.st_mtime_ns]}, sort_keys=True)
     return Path(parent) / hashlib.sha256(ident.encode()).hexdigest()[:16]
@@ -197,6 +200,27 @@ KILL_AFTER_CHECKPOINT = "RF_KILL_AFTER_CHECKPOINT"
 SIGNAL_AFTER_STEP = "RF_SIGNAL_AFTER_STEP"  # fault injection: the run sends itself SIGUSR1 after step N
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 STOPPED_EXIT = 75  # EX_TEMPFAIL: stopped on a signal after a complete checkpoint; run again to resume
+
+
+def job_end_time(environ=None) -> float | None:
+    """When the Slurm job running this process ends (epoch seconds); None outside Slurm or without a
+    limit. Slurm 23.02+ exports ``SLURM_JOB_END_TIME``; older versions are asked with ``squeue``."""
+    import subprocess
+    from datetime import datetime
+
+    environ = os.environ if environ is None else environ
+    value = environ.get("SLURM_JOB_END_TIME", "")
+    if value.isdigit() and int(value) > 0:
+        return float(value)
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%e"], capture_output=True, text=True,
+                             timeout=30).stdout.strip()
+        return datetime.fromisoformat(out).timestamp()
+    except (OSError, subprocess.SubprocessError, ValueError):  # no squeue, or N/A / UNLIMITED
+        return None
 
 
 class TrainingStopped(SystemExit):
@@ -327,6 +351,12 @@ def train(
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="rf-data")
     pending = pool.submit(next_batch)
+    deadline = None
+    if settings.stop_margin_s > 0 and (end := job_end_time()) is not None:
+        deadline = end - settings.stop_margin_s
+        print(f"the job ends at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}: stopping with a "
+              f"checkpoint when less than {settings.stop_margin_s} s plus one step remain", flush=True)
+    slowest = 0.0
     with _StopOnSignal() as stop:
         while step < settings.max_steps:
             t0 = time.perf_counter()
@@ -347,6 +377,11 @@ def train(
             bar.update(1)
             if os.environ.get(SIGNAL_AFTER_STEP) == str(step):  # fault injection for the signal test
                 os.kill(os.getpid(), signal.SIGUSR1)
+            slowest = max(slowest, seconds)
+            if deadline is not None and stop.signame is None and time.time() + slowest > deadline:
+                stop.signame = "TIME_LIMIT"
+                print(f"TIME_LIMIT: {max(0.0, deadline - time.time() + settings.stop_margin_s):.0f} s left in the "
+                      f"job, the slowest step took {slowest:.1f} s: stopping after step {step}", flush=True)
             saved = None
             if step % settings.checkpoint_every == 0 or step == settings.max_steps:
                 saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last)
