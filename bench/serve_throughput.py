@@ -6,16 +6,18 @@ prompt, "detailed thinking on"), sampled at T=0.6 with a per-request seed, every
 ``--max-tokens`` long (``ignore_eos``):
 
 1. ``stack``: ``tritonserver`` + the vLLM Python-backend model (``serve.engine: vllm``) + the OpenAI
-   front end + the project's concurrent evaluation client (``reasonflow.evaluate.client``), ``--n``
-   requests in flight;
-2. ``offline``: vLLM's offline ``LLM.generate`` on the same engine arguments (a subprocess, so the
-   GPU is free again for the next step);
+   front end + the project's concurrent evaluation client (``reasonflow.evaluate.client``): ``--n``
+   requests (default 1024), ``--concurrency`` of them in flight (default 256, config/config.yaml's),
+   so the engine runs full as in a real evaluate job, where one job asks thousands of questions;
+2. ``offline``: vLLM's offline ``LLM.generate`` of the same ``--n`` requests on the same engine
+   arguments (a subprocess, so the GPU is free again for the next step);
 3. ``hf``: the stack with ``serve.engine: hf`` (HF ``generate`` behind Triton's dynamic batcher),
    ``--hf-n`` requests.
 
 It prints output tokens/s of each, the ratios, and the projected GPU time of config/config.yaml's
-full evaluation. Needs a CUDA build of vLLM and the serving venv's tritonserver (bench/device/ has
-the recipe for the lent H200). Nothing is downloaded: the model is random, the tokenizer the demo's.
+full evaluation. With ``--skip hf`` the base is never written to disk (vLLM's ``load_format:
+dummy`` makes its random weights on the GPU). Needs a CUDA build of vLLM and the serving venv's
+tritonserver (bench/device/ has the recipe for the lent H200). Nothing is downloaded: the model is random, the tokenizer the demo's.
 
     PYTHONPATH=src python3 bench/serve_throughput.py --tokenizer resources/demo/tokenizer --serve-venv /tmp/sv
 """
@@ -38,13 +40,17 @@ ITEM = {"question": "Which of the following best explains why the sky appears bl
 QUESTIONS = {"mmlu (stem)": 4958, "gpqa_main": 448, "gpqa_diamond": 198}
 
 
-def make_model(tokenizer: str, out: Path) -> tuple[Path, Path]:
-    """Random Llama-3.1-8B geometry in bf16 + a random r64 adapter (all seven projections)."""
+def make_model(tokenizer: str, out: Path, weights: bool = True) -> tuple[Path, Path]:
+    """Random Llama-3.1-8B geometry in bf16 + a random r64 adapter (all seven projections).
+
+    ``weights=False`` writes only the base's ``config.json`` (and tokenizer): vLLM then makes random
+    weights on the GPU itself (``load_format: dummy``), and the 16 GB checkpoint is never written.
+    The ``hf`` engine needs the weights on disk."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    base, lora = out / "m8b", out / "m8b-lora"
+    base, lora = out / ("m8b" if weights else "m8b-config"), out / "m8b-lora"
     if (base / "config.json").is_file() and (lora / "adapter_config.json").is_file():
         return base, lora
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -53,7 +59,10 @@ def make_model(tokenizer: str, out: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(base)
+    if weights:
+        model.save_pretrained(base)
+    else:
+        model.config.save_pretrained(base)
     for f in Path(tokenizer).iterdir():
         shutil.copy(f, base / f.name)
     peft = get_peft_model(model, LoraConfig(r=64, lora_alpha=128, task_type="CAUSAL_LM", target_modules=[
@@ -68,9 +77,15 @@ def make_model(tokenizer: str, out: Path) -> tuple[Path, Path]:
     return base, lora
 
 
-def engine_args(a) -> dict:
+def engine_args(a, dummy: bool = False) -> dict:
+    extra = {"load_format": "dummy"} if dummy else {}
     return {"dtype": a.dtype, "max_model_len": a.max_model_len, "gpu_memory_utilization": a.gpu_memory,
-            "engine_args": {"max_num_seqs": a.max_num_seqs, "seed": 0}}
+            "engine_args": {"max_num_seqs": a.max_num_seqs, "seed": 0, **extra}}
+
+
+def dummy_base(base: Path) -> bool:
+    """A base folder with a config but no weights (``make_model(weights=False)``)."""
+    return not any(base.glob("*.safetensors")) and not any(base.glob("*.bin"))
 
 
 def offline(a, base: Path, lora: Path) -> dict:
@@ -82,7 +97,7 @@ def offline(a, base: Path, lora: Path) -> dict:
     from reasonflow.evaluate.prompts import messages
     from reasonflow.serve.repository import vllm_engine_args
 
-    args = vllm_engine_args(str(base), {"lora": str(lora)}, **{k: v for k, v in engine_args(a).items()})
+    args = vllm_engine_args(str(base), {"lora": str(lora)}, **engine_args(a, dummy_base(base)))
     tok = AutoTokenizer.from_pretrained(base)
     text = tok.apply_chat_template(messages(ITEM, "on"), tokenize=False, add_generation_prompt=True)
     ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -108,7 +123,8 @@ def stack(a, base: Path, lora: Path, engine: str, n: int, work: Path) -> dict:
 
     repo = work / f"repo_{engine}"
     if engine == "vllm":
-        write_triton_repo(base, lora, repo, engine="vllm", max_model_len=a.max_model_len, vllm=engine_args(a))
+        write_triton_repo(base, lora, repo, engine="vllm", max_model_len=a.max_model_len,
+                          vllm=engine_args(a, dummy_base(base)))
     else:
         write_triton_repo(base, lora, repo, engine="hf", instance_kind="KIND_GPU" if a.dtype == "bfloat16" else
                           "KIND_CPU", dtype=a.dtype,
@@ -117,7 +133,8 @@ def stack(a, base: Path, lora: Path, engine: str, n: int, work: Path) -> dict:
     t0 = time.perf_counter()
     with serving(repo, work / f"logs_{engine}", serve_venv=a.serve_venv, ready_timeout=1200) as url:
         ready = time.perf_counter() - t0
-        client = ChatClient(url, timeout=3600, retries=0, pool_size=n)
+        conc = min(n, a.concurrency if engine == "vllm" else n)
+        client = ChatClient(url, timeout=3600, retries=0, pool_size=conc)
         # ignore_eos only where the engine has it; random weights almost never sample the end-of-turn token
         sampling = Sampling(temperature=0.6, top_p=1.0, max_tokens=a.max_tokens, seed=0,
                             ignore_eos=engine == "vllm")
@@ -125,12 +142,12 @@ def stack(a, base: Path, lora: Path, engine: str, n: int, work: Path) -> dict:
         for name, count in (("warmup", min(16, n)), (engine, n)):
             items = [{**ITEM, "id": f"{name}/{i:05d}"} for i in range(count)]
             t = time.perf_counter()
-            records, _ = run_items(items, client, model="lora", mode="on", sampling=sampling, concurrency=count,
-                                   progress=False)
+            records, _ = run_items(items, client, model="lora", mode="on", sampling=sampling,
+                                   concurrency=min(count, conc), progress=False)
             dt = time.perf_counter() - t
             toks = sum(int(r["completion_tokens"] or 0) for r in records)
-            out = {"requests": count, "tokens": toks, "seconds": round(dt, 2), "tokens_per_s": round(toks / dt, 1),
-                   "server_ready_s": round(ready, 1)}
+            out = {"requests": count, "concurrency": min(count, conc), "tokens": toks, "seconds": round(dt, 2),
+                   "tokens_per_s": round(toks / dt, 1), "server_ready_s": round(ready, 1)}
     return out
 
 
@@ -153,7 +170,10 @@ def main() -> int:
     ap.add_argument("--tokenizer", default=str(REPO / "resources" / "demo" / "tokenizer"))
     ap.add_argument("--work", default="/tmp/serve_bench")
     ap.add_argument("--serve-venv", default=os.environ.get("REASONFLOW_SERVE_VENV"))
-    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--n", type=int, default=1024,
+                    help="requests (offline and stack); more than --concurrency, as in a real evaluate job")
+    ap.add_argument("--concurrency", type=int, default=256,
+                    help="requests in flight through the stack (config/config.yaml's evaluate concurrency)")
     ap.add_argument("--hf-n", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--max-model-len", type=int, default=4096)
@@ -171,7 +191,7 @@ def main() -> int:
     if a.model:  # an existing model + adapter (e.g. the demo's on the CPU: a smoke test of this script)
         base, lora = Path(a.model).absolute(), Path(a.adapter).absolute()
     else:
-        base, lora = make_model(a.tokenizer, work)
+        base, lora = make_model(a.tokenizer, work, weights="hf" not in a.skip)
     if a.only:
         fn = {"offline": lambda: offline(a, base, lora), "stack": lambda: stack(a, base, lora, "vllm", a.n, work),
               "hf": lambda: stack(a, base, lora, "hf", a.hf_n, work)}[a.only]

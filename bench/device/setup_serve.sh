@@ -9,9 +9,12 @@
 #   bash bench/device/setup_serve.sh env       # print the exports again (after install)
 #
 # install puts everything in $SITE (--target, default /tmp/site), numpy 1.26 alone in $SITE_NP1, and
-# builds $SERVE_VENV: a pip-less venv whose .pth lists $SITE_NP1, $SITE and the image's site-packages,
-# for Triton's Python-backend stub (it ignores PYTHONPATH: it finds its interpreter through the
-# first `python3` on PATH and that venv's pyvenv.cfg; and it needs numpy<2 for BYTES tensors).
+# builds $SERVE_VENV: a pip-less venv whose .pth lists $SITE and the image's site-packages, for
+# Triton's Python-backend stub (it ignores PYTHONPATH: it finds its interpreter through the first
+# `python3` on PATH and that venv's pyvenv.cfg). The vllm model reads its tensors through DLPack and
+# runs on the image's numpy 2 (the image's scipy, which vLLM imports, fails under numpy 1.26:
+# `np.long`). SERVE_NUMPY1=1 lists $SITE_NP1 first (BYTES tensors through as_numpy; on this image
+# transformers then fails to import AutoModelForCausalLM, so the hf engine does not run here).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -122,7 +125,8 @@ install() {
   rm -rf "$SERVE_VENV"
   "$base" -m venv --without-pip "$SERVE_VENV"
   sp=$("$SERVE_VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')
-  { [ -d "$SITE_NP1" ] && echo "$SITE_NP1"; echo "$SITE"; echo "$img_sp"; } > "$sp/00-carried.pth"
+  { [ "${SERVE_NUMPY1:-0}" = 1 ] && [ -d "$SITE_NP1" ] && echo "$SITE_NP1"; echo "$SITE"; echo "$img_sp"; } \
+    > "$sp/00-carried.pth"
   "$SERVE_VENV/bin/python" -c 'import importlib.util as u, numpy, sys; print("serve venv", sys.prefix, "numpy", numpy.__version__, "pytriton", u.find_spec("pytriton").origin)'
   env_lines > "$STAGE/env.sh"
   echo "# exports (also in $STAGE/env.sh: source it)"
