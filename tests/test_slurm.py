@@ -3,8 +3,11 @@
 Runs when a Slurm controller with the script's `cpu` and `gpu` partitions answers, or, with
 RF_TEST_SLURM=1 as root on Debian, after starting one itself (`tools/slurm_local.sh up`, stopped
 again with `down` at the end of the module). Otherwise every test here is skipped with the reason.
-The Slurm run makes every rule's outputs but the evaluation report's, with one evaluate job of
-twelve (TARGETS), and is compared with the session's local demo run (conftest's demo_run).
+The Slurm run starts from a copy of the session's local demo run (conftest's demo_run) and forces one
+raw shard's split (``--forcerun``): Snakemake replans that shard's split and curation and everything
+downstream of them (summary, merge, statistics, training, deployment and one evaluate job of twelve:
+TARGETS), so every rule that is not local goes through sbatch once, and what the cluster makes is
+compared with the local run's bytes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO, demo_workdir
+from conftest import BIN, REPO, planned
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +36,9 @@ EVAL_ITEMS = "results/eval/items/adapter/gpqa_diamond/on.csv"
 TARGETS = ("results/curation/summary.json", "results/merge/training.jsonl", "results/stats/summary.json",
            "results/train/adapter", "results/serve/triton_repo", EVAL_ITEMS)
 RUN_TIMEOUT = 1800
+# the jobs the seeded Slurm directory replans (one forced shard, then everything downstream of it)
+REPLAN = {"split_shard": 1, "curate_shard": 1, "curation_summary": 1, "merge": 1, "dataset_stats": 1, "train": 1,
+          "deploy": 1, "evaluate": 1}
 
 
 def cluster_ready() -> bool:
@@ -106,21 +112,28 @@ def snakemake(workdir: Path, *args: str, log: str | None = None) -> subprocess.C
     return proc
 
 
-def planned(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    table = (proc.stdout + proc.stderr).split("Job stats:", 1)[1]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+def seeded_copy(local: Path, dest: Path) -> Path:
+    """``local``'s working directory (results, logs, Snakemake's metadata; links kept), without the
+    states a rerun would resume from (training checkpoints, the evaluation's answer cache), so the
+    Slurm jobs redo the work rather than reuse the local run's. Returns the first raw shard's split,
+    which the Slurm run forces (``--forcerun``) with everything downstream of it."""
+    shutil.copytree(local, dest, symlinks=True, ignore=shutil.ignore_patterns("locks", "incomplete", "log"))
+    for state in ("results/train/checkpoints", "results/eval/cache"):
+        shutil.rmtree(dest / state)
+    return sorted((dest / "results/curation/shards").rglob("*.jsonl"))[0].relative_to(dest)
 
 
 @pytest.fixture(scope="module")
-def runs(slurm_cluster, demo_dir, demo_run, tmp_path_factory):
-    """TARGETS made through Slurm (profiles/slurm-ci) in a private directory; the session's local demo
-    run (conftest's demo_run, ``--cores 2``) is the reference."""
-    slurm_dir = demo_workdir(tmp_path_factory.mktemp("slurm") / "slurm", demo_dir)
-    plan = planned(snakemake(slurm_dir, "-n", "--profile", str(PROFILE), *TARGETS))
+def runs(slurm_cluster, demo_run, tmp_path_factory):
+    """TARGETS remade through Slurm (profiles/slurm-ci) in a seeded copy of the session's local demo run
+    (conftest's demo_run, ``--cores 2``), which is the reference."""
+    slurm_dir = tmp_path_factory.mktemp("slurm") / "slurm"
+    forced = seeded_copy(demo_run, slurm_dir)
+    force = f"--forcerun={forced}"
+    plan = planned(snakemake(slurm_dir, "-n", "--profile", str(PROFILE), force, *TARGETS))
     t0 = time.monotonic()
     # --verbose: the plugin logs each sbatch command line (debug level)
-    proc = snakemake(slurm_dir, "--profile", str(PROFILE), "--verbose", *TARGETS, log="slurm_run.log")
+    proc = snakemake(slurm_dir, "--profile", str(PROFILE), "--verbose", force, *TARGETS, log="slurm_run.log")
     slurm_s = time.monotonic() - t0
     # right away, while the GPU job is younger than MinJobAge and scontrol still knows it
     submitted = {int(m[1]): (int(m[2]), Path(m[3])) for m in re.finditer(
@@ -130,8 +143,15 @@ def runs(slurm_cluster, demo_dir, demo_run, tmp_path_factory):
                 for sid in gpu_ids}
     print(f"\nslurm cluster up: {slurm_cluster['up_s']:.1f}s (started here: {slurm_cluster['started']}), "
           f"slurm run: {slurm_s:.0f}s ({len(submitted)} jobs)")
-    return {"slurm": slurm_dir, "local": demo_run, "plan": plan, "out": proc.stdout + proc.stderr,
+    return {"slurm": slurm_dir, "local": demo_run, "plan": plan, "forced": forced, "out": proc.stdout + proc.stderr,
             "submitted": submitted, "gpu_scontrol": scontrol}
+
+
+def test_a_forced_shard_replans_its_jobs_and_downstream_only(runs):
+    assert runs["plan"] == REPLAN, runs["plan"]
+    forced = runs["forced"]  # remade on the cluster, byte for byte
+    assert (runs["slurm"] / forced).stat().st_mtime > (runs["local"] / forced).stat().st_mtime
+    assert (runs["slurm"] / forced).read_bytes() == (runs["local"] / forced).read_bytes()
 
 
 def test_every_job_but_the_local_ones_went_through_sbatch(runs):
