@@ -210,6 +210,21 @@ def test_concurrent_requests_are_batched_and_answers_match_solo(server, client):
     print(f"32 concurrent requests in {elapsed:.2f} s, {executions} executions")
 
 
+def test_requests_of_different_lengths_share_a_batch(server, client):
+    """Text inputs are ragged: questions of different lengths (and base beside adapter) batch together."""
+    questions = [f"Question {'x' * (7 * i)}{i}?" for i in range(8)]
+    before = _triton_stats(server)
+    with cf.ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(lambda i: _chat(client, ("base", "lora")[i % 2], questions[i], max_tokens=4),
+                              range(8)))
+    assert all(r.usage.completion_tokens >= 1 for r in results)
+    assert len({r.usage.prompt_tokens for r in results}) > 1  # the prompts do differ in length
+    after = _triton_stats(server)
+    inferences = int(after["inference_count"]) - int(before["inference_count"])
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    assert inferences == 8 and executions < inferences, (executions, inferences)
+
+
 # --------------------------------------------------------------------------------------------- adapter
 def test_adapter_greedy_equals_in_process_peft(client, demo_dir, adapter, tok):
     import torch
@@ -264,10 +279,13 @@ def test_config_pbtxt_parses_with_tritons_schema(serve_env, repos, demo_dir, ada
     assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == "50000"
     assert cfg["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16]
     assert cfg["instance_group"][0]["kind"] == "KIND_CPU"
-    assert {i["name"]: i["data_type"] for i in cfg["input"]} == {
-        "messages": "TYPE_STRING", "model": "TYPE_STRING", "max_tokens": "TYPE_INT32", "temperature": "TYPE_FP32",
-        "top_p": "TYPE_FP32", "seed": "TYPE_INT64"}
-    assert {o["name"] for o in cfg["output"]} == {"text", "finish_reason", "prompt_tokens", "completion_tokens"}
+    # text as UTF-8 in UINT8 (BYTES breaks the stub under numpy 2), of any length in one batch (ragged)
+    assert {i["name"]: (i["data_type"], bool(i.get("allow_ragged_batch"))) for i in cfg["input"]} == {
+        "messages": ("TYPE_UINT8", True), "model": ("TYPE_UINT8", True), "max_tokens": ("TYPE_INT32", False),
+        "temperature": ("TYPE_FP32", False), "top_p": ("TYPE_FP32", False), "seed": ("TYPE_INT64", False)}
+    assert {o["name"]: o["data_type"] for o in cfg["output"]} == {
+        "text": "TYPE_UINT8", "finish_reason": "TYPE_UINT8", "prompt_tokens": "TYPE_INT32",
+        "completion_tokens": "TYPE_INT32"}
     params = {k: v["string_value"] for k, v in cfg["parameters"].items()}
     assert params["base_model"] == str((demo_dir / "model").resolve())
     assert json.loads(params["adapters"]) == {"lora": str(adapter.resolve())}

@@ -2,21 +2,22 @@
 
 This file is copied verbatim to ``<repo>/<name>/1/model.py`` by
 :func:`reasonflow.serve.repository.write_triton_repo` and runs inside Triton's Python-backend
-stub (serving environment: torch, transformers, peft, numpy<2). It must stay self-contained:
+stub (serving environment: torch, transformers, peft; numpy 1 or 2). It must stay self-contained:
 no ``reasonflow`` imports. The generation logic lives in :class:`ChatGenerator`, which needs no
 Triton, so it can also be used and tested in-process.
 
-Tensors (every one ``dims: [1]`` plus the batch dimension; a request may carry several rows):
+Tensors (one request = one row: every tensor has the batch dimension 1; text is UTF-8 bytes in
+UINT8 tensors, read and written through DLPack, see ``from_triton``):
 
 inputs
-  ``messages``    BYTES  OpenAI-style ``[{"role": ..., "content": ...}, ...]`` as JSON
-  ``model``       BYTES  ``base`` (adapter disabled) or the name of a loaded adapter
+  ``messages``    UINT8  ``[1, -1]`` OpenAI-style ``[{"role": ..., "content": ...}, ...]`` as JSON
+  ``model``       UINT8  ``[1, -1]`` ``base`` (adapter disabled) or the name of a loaded adapter
   ``max_tokens``  INT32  optional; <= 0 or absent: ``default_max_tokens`` (0: rest of the context)
   ``temperature`` FP32   optional (default 1.0); 0 means greedy
   ``top_p``       FP32   optional (default 1.0)
   ``seed``        INT64  optional; a seeded sampled row gives the same tokens alone or in any batch
 outputs
-  ``text`` BYTES, ``finish_reason`` BYTES (``stop``/``length``), ``prompt_tokens`` INT32,
+  ``text`` UINT8, ``finish_reason`` UINT8 (``stop``/``length``), ``prompt_tokens`` INT32,
   ``completion_tokens`` INT32 (generated tokens, the end-of-turn token included when emitted)
 
 config.pbtxt ``parameters`` (all strings): ``base_model`` (HF directory, also the tokenizer and
@@ -26,7 +27,7 @@ default), ``default_max_tokens``, ``max_model_len`` (0: ``max_position_embedding
 ``stop_tokens`` (JSON list of extra end-of-turn token strings). Relative paths are resolved
 against the model's directory in the repository.
 
-Batching: Triton's dynamic batcher hands ``execute`` several requests at once; their rows are
+Batching: Triton's dynamic batcher (ragged text inputs) hands ``execute`` several requests at once; their rows are
 grouped by (model, greedy or sampled) and each group runs as one left-padded batched
 ``generate``. Greedy rows are independent of their batch mates, so a greedy answer does not
 depend on what else was in the batch (up to float rounding of the padded attention). Sampled
@@ -387,16 +388,96 @@ class ChatGenerator(ChatPrompter):
 
 
 # ============================================================================================
-# Triton glue (only imported inside the Python-backend stub)
+# Triton glue (only imported inside the Python-backend stub; shared with vllm_model.py)
 # ============================================================================================
-def input_array(pb, request, name: str, required: bool = True):
-    """A request's input tensor as a flat numpy array; ``None`` if absent and optional."""
-    t = pb.get_input_tensor_by_name(request, name)
-    if t is None:
-        if required:
-            raise RequestError(name, "missing input")
-        return None
-    return t.as_numpy().reshape(-1)
+# Every tensor goes through DLPack (torch), never ``as_numpy()``, and text is UTF-8 bytes in UINT8
+# tensors, never BYTES: under numpy 2 (vLLM's images, the GPU images) the stub of the nvidia-pytriton
+# wheel aborts on BYTES inputs and hands out numeric arrays that repeat their first element.
+ROW_INPUTS = (("max_tokens", int), ("temperature", float), ("top_p", float), ("seed", int), ("stream", bool),
+              ("ignore_eos", bool))
+
+
+def from_triton(tensor):
+    """A Triton tensor as a torch tensor (its own shape), through DLPack."""
+    from torch.utils.dlpack import from_dlpack
+
+    return from_dlpack(tensor.to_dlpack()).cpu()
+
+
+def to_triton(pb, name: str, tensor):
+    """A torch tensor as a Triton output tensor, through DLPack."""
+    from torch.utils.dlpack import to_dlpack
+
+    return pb.Tensor.from_dlpack(name, to_dlpack(tensor.contiguous()))
+
+
+def request_row(pb, request, batched: bool) -> Row:
+    """The one row a request carries: ``messages``, ``model`` and ``stop`` (JSON) as UTF-8 in UINT8,
+    every number a single value. ``batched``: the model has a batch dimension (dynamic batcher), which
+    must then be 1 (one row per request)."""
+    import math
+
+    import torch
+
+    def value(name, required=False):
+        t = pb.get_input_tensor_by_name(request, name)
+        if t is None:
+            if required:
+                raise RequestError(name, "missing input")
+            return None
+        x = from_triton(t)
+        if batched and (x.dim() < 1 or x.shape[0] != 1):
+            raise RequestError(name, f"one row per request: batch dimension must be 1, got shape {list(x.shape)}")
+        flat = x.reshape(-1)
+        if flat.dtype == torch.uint8:  # text: UTF-8 bytes
+            try:
+                return flat.numpy().tobytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RequestError(name, f"not valid UTF-8 ({e})") from None
+        if flat.numel() != 1:
+            raise RequestError(name, f"expected one value, got {flat.numel()}")
+        return flat[0].item()
+
+    row = Row(messages=parse_messages(value("messages", True)), model=str(value("model", True)))
+    for name, cast in ROW_INPUTS:
+        v = value(name)
+        if v is not None:
+            setattr(row, name, cast(v))
+    if not math.isfinite(row.temperature) or not math.isfinite(row.top_p):
+        raise RequestError("temperature", "temperature and top_p must be finite")
+    stop = value("stop")
+    if stop:
+        try:
+            stop = json.loads(stop)
+        except json.JSONDecodeError as e:
+            raise RequestError("stop", f"not valid JSON ({e})") from None
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 16:
+            raise RequestError("stop", "must be a string or a list of at most 16 non-empty strings")
+        row.stop = stop
+    return row
+
+
+def response_tensors(pb, text: str, finish_reason: str | None, prompt_tokens: int, completion_tokens: int,
+                     batched: bool) -> list:
+    """The output tensors of one row (``text``/``finish_reason`` UTF-8 in UINT8); ``batched`` adds the
+    batch dimension of 1."""
+    import torch
+
+    def shaped(t):
+        return t.reshape(1, -1) if batched else t
+
+    def utf8(name, s):
+        raw = torch.frombuffer(bytearray(s.encode("utf-8")), dtype=torch.uint8) if s else torch.zeros(0, dtype=torch.uint8)
+        return to_triton(pb, name, shaped(raw))
+
+    return [
+        utf8("text", text),
+        utf8("finish_reason", finish_reason or ""),
+        to_triton(pb, "prompt_tokens", shaped(torch.tensor([prompt_tokens], dtype=torch.int32))),
+        to_triton(pb, "completion_tokens", shaped(torch.tensor([completion_tokens], dtype=torch.int32))),
+    ]
 
 
 def config_param(params: dict, key: str, default: str = "") -> str:
@@ -407,10 +488,9 @@ def config_param(params: dict, key: str, default: str = "") -> str:
 
 class TritonPythonModel:
     def initialize(self, args):
-        import numpy as np
         import triton_python_backend_utils as pb_utils
 
-        self.np, self.pb = np, pb_utils
+        self.pb = pb_utils
         config = json.loads(args["model_config"])
         params = config.get("parameters", {})
         here = os.path.join(args["model_repository"])
@@ -438,49 +518,22 @@ class TritonPythonModel:
         print(f"[reasonflow] {args['model_name']}: models {g.model_names} on {device}, context {g.context}, "
               f"stop ids {g.stop_ids}", flush=True)
 
-    def _rows(self, request) -> list[Row]:
-        pb, np = self.pb, self.np
-
-        def col(name, required=True):
-            return input_array(pb, request, name, required)
-
-        messages, models = col("messages"), col("model")
-        n = len(messages)
-        if len(models) != n:
-            raise RequestError("model", "needs one value per row of messages")
-        extra = {k: col(k, required=False) for k in ("max_tokens", "temperature", "top_p", "seed")}
-        for k, v in extra.items():
-            if v is not None and len(v) != n:
-                raise RequestError(k, "needs one value per row of messages")
-        rows = []
-        for i in range(n):
-            model = models[i].decode("utf-8") if isinstance(models[i], bytes) else str(models[i])
-            row = Row(messages=parse_messages(messages[i]), model=model)
-            if extra["max_tokens"] is not None:
-                row.max_tokens = int(extra["max_tokens"][i])
-            if extra["temperature"] is not None:
-                row.temperature = float(extra["temperature"][i])
-            if extra["top_p"] is not None:
-                row.top_p = float(extra["top_p"][i])
-            if extra["seed"] is not None:
-                row.seed = int(extra["seed"][i])
-            if not np.isfinite(row.temperature) or not np.isfinite(row.top_p):
-                raise RequestError("temperature", "temperature and top_p must be finite")
-            self.generator.prepare(row)
-            rows.append(row)
-        return rows
+    def _row(self, request) -> Row:
+        row = request_row(self.pb, request, batched=True)
+        self.generator.prepare(row)
+        return row
 
     def execute(self, requests):
-        pb, np = self.pb, self.np
+        pb = self.pb
         parsed: list = []
         for request in requests:
             try:
-                parsed.append(self._rows(request))
+                parsed.append(self._row(request))
             except RequestError as e:
                 parsed.append(pb.TritonError(str(e), pb.TritonError.INVALID_ARG))
             except Exception as e:  # noqa: BLE001 - one bad request must not fail its batch mates
                 parsed.append(pb.TritonError(f"{type(e).__name__}: {e}", pb.TritonError.INVALID_ARG))
-        good = [r for rows in parsed if isinstance(rows, list) for r in rows]
+        good = [r for r in parsed if isinstance(r, Row)]
         failure = None
         if good:
             try:
@@ -488,20 +541,14 @@ class TritonPythonModel:
             except Exception as e:  # noqa: BLE001
                 failure = pb.TritonError(f"generation failed: {type(e).__name__}: {e}", pb.TritonError.INTERNAL)
         responses = []
-        for rows in parsed:
-            if not isinstance(rows, list):
-                responses.append(pb.InferenceResponse(output_tensors=[], error=rows))
+        for r in parsed:
+            if not isinstance(r, Row):
+                responses.append(pb.InferenceResponse(output_tensors=[], error=r))
             elif failure is not None:
                 responses.append(pb.InferenceResponse(output_tensors=[], error=failure))
             else:
-                responses.append(pb.InferenceResponse(output_tensors=[
-                    pb.Tensor("text", np.array([[r.text.encode("utf-8")] for r in rows], dtype=np.object_)),
-                    pb.Tensor("finish_reason", np.array([[r.finish_reason.encode()] for r in rows],
-                                                        dtype=np.object_)),
-                    pb.Tensor("prompt_tokens", np.array([[len(r.prompt_ids)] for r in rows], dtype=np.int32)),
-                    pb.Tensor("completion_tokens", np.array([[r.completion_tokens] for r in rows],
-                                                            dtype=np.int32)),
-                ]))
+                responses.append(pb.InferenceResponse(output_tensors=response_tensors(
+                    pb, r.text, r.finish_reason, len(r.prompt_ids), r.completion_tokens, batched=True)))
         return responses
 
     def finalize(self):

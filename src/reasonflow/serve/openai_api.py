@@ -138,14 +138,16 @@ def parse_chat_request(body, model_ids: dict[str, str], engine: str = "hf") -> d
     }
 
 
+def _utf8(text: str) -> list[int]:
+    """Text as the models' UINT8 tensors carry it (see backend_model.request_row)."""
+    return list(text.encode("utf-8"))
+
+
 def triton_generate_body(row: dict) -> dict:
     """Triton generate-extension JSON for the decoupled vLLM model (one row, inputs by name)."""
-    def utf8(text: str) -> list[int]:  # the model's text tensors are UINT8 (see vllm_model.py)
-        return list(text.encode("utf-8"))
-
     body = {
-        "messages": utf8(json.dumps(row["messages"], ensure_ascii=False)),
-        "model": utf8(row["model"]),
+        "messages": _utf8(json.dumps(row["messages"], ensure_ascii=False)),
+        "model": _utf8(row["model"]),
         "max_tokens": int(row["max_tokens"]),
         "temperature": float(row["temperature"]),
         "top_p": float(row["top_p"]),
@@ -155,24 +157,24 @@ def triton_generate_body(row: dict) -> dict:
     if row.get("seed") is not None:
         body["seed"] = int(row["seed"])
     if row.get("stop"):
-        body["stop"] = utf8(json.dumps(row["stop"], ensure_ascii=False))
+        body["stop"] = _utf8(json.dumps(row["stop"], ensure_ascii=False))
     return body
 
 
 def triton_infer_body(row: dict) -> dict:
-    """Triton KServe-v2 JSON request for one row (shape [1, 1]: batch of one)."""
-    def t(name, dtype, value):
-        return {"name": name, "shape": [1, 1], "datatype": dtype, "data": [value]}
+    """Triton KServe-v2 JSON request of the hf model: one row (batch dimension 1), text as UINT8."""
+    def t(name, dtype, data):
+        return {"name": name, "shape": [1, len(data)], "datatype": dtype, "data": data}
 
     inputs = [
-        t("messages", "BYTES", json.dumps(row["messages"], ensure_ascii=False)),
-        t("model", "BYTES", row["model"]),
-        t("max_tokens", "INT32", int(row["max_tokens"])),
-        t("temperature", "FP32", float(row["temperature"])),
-        t("top_p", "FP32", float(row["top_p"])),
+        t("messages", "UINT8", _utf8(json.dumps(row["messages"], ensure_ascii=False))),
+        t("model", "UINT8", _utf8(row["model"])),
+        t("max_tokens", "INT32", [int(row["max_tokens"])]),
+        t("temperature", "FP32", [float(row["temperature"])]),
+        t("top_p", "FP32", [float(row["top_p"])]),
     ]
     if row.get("seed") is not None:
-        inputs.append(t("seed", "INT64", int(row["seed"])))
+        inputs.append(t("seed", "INT64", [int(row["seed"])]))
     return {"inputs": inputs}
 
 
@@ -328,8 +330,9 @@ class OpenAIServer:
             raise _backend_error(e.code, msg) from None
         except (OSError, ValueError) as e:
             raise ApiError(503, f"Triton unreachable: {e}", code="upstream_unavailable") from None
-        if self.engine == "hf":
-            yield {o["name"]: o["data"][0] for o in payload["outputs"]}
+        if self.engine == "hf":  # /infer: a list of output tensors, each [1, n]
+            yield _decoded({o["name"]: o["data"] if o["datatype"] == "UINT8" else o["data"][0]
+                            for o in payload["outputs"]})
         else:
             yield _decoded(payload)
 

@@ -31,17 +31,9 @@ VLLM_MODEL_PY = Path(__file__).with_name("vllm_model.py")
 SERVING_JSON = "serving.json"
 ENGINES = ("vllm", "hf")
 
-INPUTS = [  # (name, Triton type, optional)
-    ("messages", "TYPE_STRING", False),
-    ("model", "TYPE_STRING", False),
-    ("max_tokens", "TYPE_INT32", True),
-    ("temperature", "TYPE_FP32", True),
-    ("top_p", "TYPE_FP32", True),
-    ("seed", "TYPE_INT64", True),
-]
-# The vLLM model carries text as UTF-8 bytes in UINT8 tensors, not BYTES: the Python-backend stub of
-# the nvidia-pytriton wheel garbles BYTES tensors under numpy 2 (which vLLM's images have), numeric
-# tensors are safe under both numpy lines. (name, type, optional, dims)
+# Text travels as UTF-8 bytes in UINT8 tensors, not BYTES, in both models: the Python-backend stub of
+# the nvidia-pytriton wheel garbles BYTES tensors under numpy 2 (which vLLM's and the GPU images have);
+# numeric tensors are read through DLPack, safe under both numpy lines. (name, type, optional, dims)
 VLLM_INPUTS = [
     ("messages", "TYPE_UINT8", False, -1),  # JSON, UTF-8
     ("model", "TYPE_UINT8", False, -1),
@@ -53,18 +45,15 @@ VLLM_INPUTS = [
     ("stream", "TYPE_BOOL", True, 1),
     ("ignore_eos", "TYPE_BOOL", True, 1),
 ]
-VLLM_OUTPUTS = [
+OUTPUTS = [
     ("text", "TYPE_UINT8", False, -1),
     ("finish_reason", "TYPE_UINT8", False, -1),
     ("prompt_tokens", "TYPE_INT32", False, 1),
     ("completion_tokens", "TYPE_INT32", False, 1),
 ]
-OUTPUTS = [
-    ("text", "TYPE_STRING"),
-    ("finish_reason", "TYPE_STRING"),
-    ("prompt_tokens", "TYPE_INT32"),
-    ("completion_tokens", "TYPE_INT32"),
-]
+# the hf model: the same tensors less the vLLM-only ones, behind the dynamic batcher (a batch
+# dimension of one row per request; text inputs of any length batch together: ragged)
+INPUTS = [spec for spec in VLLM_INPUTS if spec[0] not in ("stop", "stream", "ignore_eos")]
 
 
 def _q(s: str) -> str:
@@ -120,7 +109,7 @@ def triton_config(name: str, *, base_model: str, adapters: dict[str, str], base_
         f"  preferred_batch_size: [ {', '.join(str(int(b)) for b in preferred_batch_sizes)} ]",
         f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}",
         "}",
-        *_tensors("input", INPUTS),
+        *_tensors("input", INPUTS, ragged=True),
         *_tensors("output", OUTPUTS),
         "instance_group [",
         f"  {{ count: {int(instance_count)} kind: {instance_kind}"
@@ -141,14 +130,13 @@ def triton_config(name: str, *, base_model: str, adapters: dict[str, str], base_
     return "\n".join(lines + _parameters(params)) + "\n"
 
 
-def _tensors(kind: str, specs) -> list[str]:
-    """``(name, type[, optional[, dims]])`` -> a config.pbtxt input/output list (dims default [1])."""
+def _tensors(kind: str, specs, ragged: bool = False) -> list[str]:
+    """``(name, type, optional, dims)`` -> a config.pbtxt input/output list; ``ragged``: variable-length
+    inputs (dims -1) may be batched together (``allow_ragged_batch``)."""
     rows = []
-    for spec in specs:
-        name, dtype = spec[:2]
-        optional = len(spec) > 2 and spec[2]
-        dims = spec[3] if len(spec) > 3 else 1
-        rows.append(f"  {{ name: {_q(name)} data_type: {dtype} dims: [ {dims} ]{' optional: true' if optional else ''} }}")
+    for name, dtype, optional, dims in specs:
+        extra = (" optional: true" if optional else "") + (" allow_ragged_batch: true" if ragged and dims == -1 else "")
+        rows.append(f"  {{ name: {_q(name)} data_type: {dtype} dims: [ {dims} ]{extra} }}")
     return [f"{kind} [", ",\n".join(rows), "]"]
 
 
@@ -166,7 +154,7 @@ def vllm_triton_config(name: str, *, base_model: str, adapters: dict[str, str], 
         "max_batch_size: 0",
         "model_transaction_policy { decoupled: true }",
         *_tensors("input", VLLM_INPUTS),
-        *_tensors("output", VLLM_OUTPUTS),
+        *_tensors("output", OUTPUTS),
         # vLLM places the model on the GPU(s) itself; one engine per server
         "instance_group [ { count: 1 kind: KIND_MODEL } ]",
         *_parameters({

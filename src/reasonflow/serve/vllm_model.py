@@ -26,9 +26,9 @@ What it guarantees:
 
 Tensors (no batch dimension; one request = one row). Text travels as UTF-8 bytes in UINT8 tensors
 (``dims: [-1]``), not BYTES, and every tensor is read and written through DLPack (torch), never
-``as_numpy()``: under numpy 2, the numpy of vLLM's environments, the stub of the nvidia-pytriton wheel
-garbles BYTES tensors and hands out numeric arrays that repeat their first element. Inputs ``messages`` (JSON), ``model``, optional ``stop`` (JSON list of
-strings) as UINT8; optional ``max_tokens`` INT32, ``temperature`` FP32, ``top_p`` FP32, ``seed``
+``as_numpy()`` (``backend_model.request_row``: the nvidia-pytriton stub garbles BYTES tensors under
+numpy 2, the numpy of vLLM's environments). Inputs ``messages`` (JSON), ``model``, optional ``stop``
+(JSON list of strings) as UINT8; optional ``max_tokens`` INT32, ``temperature`` FP32, ``top_p`` FP32, ``seed``
 INT64, ``stream`` BOOL, ``ignore_eos`` BOOL; outputs ``text``, ``finish_reason`` UINT8,
 ``prompt_tokens``, ``completion_tokens`` INT32.
 
@@ -48,7 +48,7 @@ import threading
 import time
 
 if __package__:  # imported from the reasonflow package (tests, in-process use)
-    from .backend_model import ChatPrompter, RequestError, Row, config_param, parse_messages
+    from .backend_model import ChatPrompter, RequestError, Row, config_param, request_row, response_tensors
 else:  # in a Triton repository: backend_model.py lies beside this file (loaded by path: no sys.path change)
     import importlib.util
 
@@ -57,8 +57,9 @@ else:  # in a Triton repository: backend_model.py lies beside this file (loaded 
     _shared = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = _shared
     _spec.loader.exec_module(_shared)
-    ChatPrompter, RequestError, Row, config_param, parse_messages = (
-        _shared.ChatPrompter, _shared.RequestError, _shared.Row, _shared.config_param, _shared.parse_messages)
+    ChatPrompter, RequestError, Row, config_param, request_row, response_tensors = (
+        _shared.ChatPrompter, _shared.RequestError, _shared.Row, _shared.config_param, _shared.request_row,
+        _shared.response_tensors)
 
 
 class Cancelled(Exception):
@@ -231,28 +232,11 @@ def _utf8_locale() -> None:
                 continue
 
 
-def _from_triton(tensor):
-    """A Triton tensor as a flat torch tensor, through DLPack. Not ``as_numpy()``: under numpy 2 the
-    wheel's stub hands out arrays that repeat their first element (seen: ``[[[[...`` for a JSON text)."""
-    from torch.utils.dlpack import from_dlpack
-
-    return from_dlpack(tensor.to_dlpack()).reshape(-1).cpu()
-
-
-def _to_triton(pb, name: str, tensor):
-    """A torch tensor as a Triton output tensor, through DLPack (see ``_from_triton``)."""
-    from torch.utils.dlpack import to_dlpack
-
-    return pb.Tensor.from_dlpack(name, to_dlpack(tensor.contiguous()))
-
-
 class TritonPythonModel:
     def initialize(self, args):
-        import numpy as np
-        import torch
         import triton_python_backend_utils as pb_utils
 
-        self.np, self.pb, self.torch = np, pb_utils, torch
+        self.pb = pb_utils
         config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise pb_utils.TritonModelException("the vLLM model must be decoupled (model_transaction_policy)")
@@ -286,59 +270,13 @@ class TritonPythonModel:
               f"{g.model_names}, context {g.prompter.context}, stop ids {g.prompter.stop_ids}", flush=True)
 
     def _row(self, request) -> Row:
-        pb = self.pb
-
-        def value(name, required=False):
-            t = pb.get_input_tensor_by_name(request, name)
-            if t is None:
-                if required:
-                    raise RequestError(name, "missing input")
-                return None
-            flat = _from_triton(t)
-            if flat.dtype == self.torch.uint8:  # text: UTF-8 bytes
-                try:
-                    return flat.numpy().tobytes().decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise RequestError(name, f"not valid UTF-8 ({e})") from None
-            if flat.numel() != 1:
-                raise RequestError(name, f"expected one value, got {flat.numel()}")
-            return flat[0].item()
-
-        row = Row(messages=parse_messages(value("messages", True)), model=str(value("model", True)))
-        for name, cast in (("max_tokens", int), ("temperature", float), ("top_p", float), ("seed", int),
-                           ("stream", bool), ("ignore_eos", bool)):
-            v = value(name)
-            if v is not None:
-                setattr(row, name, cast(v))
-        if not self.np.isfinite(row.temperature) or not self.np.isfinite(row.top_p):
-            raise RequestError("temperature", "temperature and top_p must be finite")
-        stop = value("stop")
-        if stop:
-            try:
-                stop = json.loads(stop)
-            except json.JSONDecodeError as e:
-                raise RequestError("stop", f"not valid JSON ({e})") from None
-            if isinstance(stop, str):
-                stop = [stop]
-            if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 16:
-                raise RequestError("stop", "must be a string or a list of at most 16 non-empty strings")
-            row.stop = stop
+        row = request_row(self.pb, request, batched=False)
         self.generator.prompter.prepare(row)
         return row
 
     def _response(self, text: str, finish_reason: str | None, prompt_tokens: int, completion_tokens: int):
-        pb, torch = self.pb, self.torch
-
-        def utf8(name, s):
-            return _to_triton(pb, name, torch.frombuffer(bytearray(s.encode("utf-8")), dtype=torch.uint8)
-                              if s else torch.zeros(0, dtype=torch.uint8))
-
-        return pb.InferenceResponse(output_tensors=[
-            utf8("text", text),
-            utf8("finish_reason", finish_reason or ""),
-            _to_triton(pb, "prompt_tokens", torch.tensor([prompt_tokens], dtype=torch.int32)),
-            _to_triton(pb, "completion_tokens", torch.tensor([completion_tokens], dtype=torch.int32)),
-        ])
+        return self.pb.InferenceResponse(output_tensors=response_tensors(
+            self.pb, text, finish_reason, prompt_tokens, completion_tokens, batched=False))
 
     def execute(self, requests):
         t0 = time.perf_counter()
