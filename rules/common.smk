@@ -190,13 +190,42 @@ def prepared_benchmarks():
 
 
 def train_settings():
-    """Every config value training depends on (goes through params:)."""
-    return stable(
-        {k: v for k, v in config["train"].items() if k not in ("backend", "nemo")}
-    )
+    """Every config value training depends on (goes through params:); the job layout
+    (segment_steps, max_job_hours) shapes the DAG and the resources, not what is computed.
+    """
+    skip = ("backend", "nemo", "segment_steps", "max_job_hours")
+    return stable({k: v for k, v in config["train"].items() if k not in skip})
 
 
 TRAIN_BACKEND = config["train"].get("backend", "hf")
+
+
+def train_segment_ends():
+    """The steps where train.segment_steps ends one training job and the next resumes: the segments
+    are train_segment jobs 1..n, and `train` runs the last part. [] = one job (segment_steps 0).
+    """
+    seg = int(config["train"].get("segment_steps", 0) or 0)
+    if seg <= 0:
+        return []
+    if TRAIN_BACKEND != "hf":
+        raise ValueError(
+            f"train.segment_steps={seg} needs train.backend: hf (got {TRAIN_BACKEND!r}); "
+            "set train.segment_steps: 0 for the NeMo backend"
+        )
+    return list(range(seg, int(config["train"]["max_steps"]), seg))
+
+
+TRAIN_SEGMENTS = train_segment_ends()
+
+
+def train_job_minutes():
+    """The runtime each training job asks the cluster for: train.max_job_hours."""
+    return int(round(float(config["train"].get("max_job_hours", 24)) * 60))
+
+
+def train_segment_done(seg):
+    """Marker of training segment ``seg`` (1-based); [] before the first."""
+    return f"results/train/segments/{seg}.json" if seg >= 1 else []
 
 
 def nemo_options():

@@ -1,11 +1,47 @@
 # training.jsonl + base model -> LoRA adapter (HF PEFT), metrics, loss curve
 
 
+if TRAIN_SEGMENTS:
+
+    rule train_segment:
+        """One segment of the LoRA run (train.segment_steps): resumes from the previous segment's
+        checkpoint, trains to its step and leaves a checkpoint there for the next job.
+        """
+        input:
+            training=rules.merge.output.training,
+            base=BASE_MODEL_DIR,
+            previous=lambda wc: train_segment_done(int(wc.seg) - 1),
+        output:
+            done="results/train/segments/{seg}.json",
+            metrics="results/train/segments/{seg}.metrics.csv",
+        log:
+            "logs/train_segment/{seg}.log",
+        benchmark:
+            "benchmarks/train_segment/{seg}.tsv"
+        wildcard_constraints:
+            seg="[0-9]+",
+        conda:
+            "../envs/train.yaml"
+        threads: 4
+        resources:
+            mem_mb=65536,
+            runtime=train_job_minutes(),
+        params:
+            settings=train_settings(),
+            stop_at_step=lambda wc: TRAIN_SEGMENTS[int(wc.seg) - 1],
+            checkpoints="results/train/checkpoints",
+        script:
+            "../scripts/train_segment.py"
+
+
 rule train:
-    """transformers + PEFT LoRA; one GPU on Slurm, CPU in the demo; resumes after preemption."""
+    """transformers + PEFT LoRA; one GPU on Slurm, CPU in the demo; resumes after preemption;
+    with train.segment_steps, the last segment of the run (after the train_segment jobs).
+    """
     input:
         training=rules.merge.output.training,
         base=BASE_MODEL_DIR,
+        segments=train_segment_done(len(TRAIN_SEGMENTS)),
     output:
         adapter=directory("results/train/adapter"),
         metrics="results/train/metrics.csv",
@@ -21,7 +57,7 @@ rule train:
     threads: 4
     resources:
         mem_mb=65536,
-        runtime=2880,
+        runtime=train_job_minutes(),
     params:
         settings=train_settings(),
         checkpoints="results/train/checkpoints",

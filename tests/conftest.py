@@ -49,6 +49,16 @@ def demo_workdir(root: Path, demo_dir: Path) -> Path:
     return root
 
 
+def copy_run(local: Path, dest: Path) -> Path:
+    """A copy of the finished run in ``local`` (results, logs, Snakemake's metadata; links kept)
+    without the states a rerun would resume from (training checkpoints, the evaluation's answer
+    cache), so the jobs a test replans there redo the work rather than reuse ``local``'s."""
+    shutil.copytree(local, dest, symlinks=True, ignore=shutil.ignore_patterns("locks", "incomplete", "log"))
+    for state in ("results/train/checkpoints", "results/eval/cache"):
+        shutil.rmtree(dest / state, ignore_errors=True)
+    return dest
+
+
 DEMO_RUN_TIMEOUT = 1200
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO, planned
+from conftest import BIN, REPO, copy_run, planned
 
 pytestmark = pytest.mark.slow
 
@@ -112,23 +112,14 @@ def snakemake(workdir: Path, *args: str, log: str | None = None) -> subprocess.C
     return proc
 
 
-def seeded_copy(local: Path, dest: Path) -> Path:
-    """``local``'s working directory (results, logs, Snakemake's metadata; links kept), without the
-    states a rerun would resume from (training checkpoints, the evaluation's answer cache), so the
-    Slurm jobs redo the work rather than reuse the local run's. Returns the first raw shard's split,
-    which the Slurm run forces (``--forcerun``) with everything downstream of it."""
-    shutil.copytree(local, dest, symlinks=True, ignore=shutil.ignore_patterns("locks", "incomplete", "log"))
-    for state in ("results/train/checkpoints", "results/eval/cache"):
-        shutil.rmtree(dest / state)
-    return sorted((dest / "results/curation/shards").rglob("*.jsonl"))[0].relative_to(dest)
-
-
 @pytest.fixture(scope="module")
 def runs(slurm_cluster, demo_run, tmp_path_factory):
     """TARGETS remade through Slurm (profiles/slurm-ci) in a seeded copy of the session's local demo run
     (conftest's demo_run, ``--cores 2``), which is the reference."""
     slurm_dir = tmp_path_factory.mktemp("slurm") / "slurm"
-    forced = seeded_copy(demo_run, slurm_dir)
+    copy_run(demo_run, slurm_dir)
+    # the first raw shard's split: forced (with everything downstream of it) on the cluster
+    forced = sorted((slurm_dir / "results/curation/shards").rglob("*.jsonl"))[0].relative_to(slurm_dir)
     force = f"--forcerun={forced}"
     plan = planned(snakemake(slurm_dir, "-n", "--profile", str(PROFILE), force, *TARGETS))
     t0 = time.monotonic()

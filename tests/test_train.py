@@ -169,6 +169,38 @@ def test_stop_signal_checkpoints_exits_75_and_the_rerun_gives_the_same_adapter(t
     assert "resuming from" in (tmp_path / "stopped.out").read_text()
 
 
+def test_segments_stop_at_their_step_and_the_last_one_ends_with_a_straight_runs_adapter_and_curve(
+        tok, tmp_path, demo_dir):
+    """stop_at_step 2, then 4, then the rest of 6 steps (train.segment_steps: 2): each segment leaves
+    a complete checkpoint at its step and no adapter; the last one writes the adapter of a straight
+    run and the whole metrics curve, even though each job's metrics.csv was deleted before the next
+    (as Snakemake deletes a job's outputs), because the checkpoints carry the rows."""
+    from safetensors.torch import load_file
+
+    training = _write(tmp_path / "t.jsonl", _rows(tok, 30))
+    settings = {"max_steps": 6, "global_batch_size": 5, "lr": 2e-3, "max_length": 256, "lora_rank": 8,
+                "lora_alpha": 16, "checkpoint_every": 100, "data_order": "shuffle", "seed": 3}
+    straight = _train(tmp_path, demo_dir, training, settings, name="straight")
+    for stop_at in (2, 4):
+        seg = _train(tmp_path, demo_dir, training, {**settings, "stop_at_step": stop_at}, name="seg")
+        log = (tmp_path / "seg.out").read_text()
+        assert f"segment: training to step {stop_at} of 6" in log and f'"segment_end": {stop_at}' in log, log[-2000:]
+        assert not (seg / "adapter").exists()
+        assert (sorted((seg / "checkpoints").glob("*/step-*"))[-1]).name == f"step-{stop_at:07d}"
+        assert len((seg / "metrics.csv").read_text().splitlines()) == 1 + stop_at
+        (seg / "metrics.csv").unlink()
+    _train(tmp_path, demo_dir, training, settings, name="seg")
+    a = load_file(straight / "adapter" / "adapter_model.safetensors")
+    b = load_file(seg / "adapter" / "adapter_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    curve = [line.split(",")[:3] for line in (seg / "metrics.csv").read_text().splitlines()]
+    ref = [line.split(",")[:3] for line in (straight / "metrics.csv").read_text().splitlines()]
+    assert [r[0] for r in curve] == [r[0] for r in ref] and len(curve) == 7
+    for (_, loss_a, lr_a), (_, loss_b, lr_b) in zip(curve[1:], ref[1:]):
+        assert abs(float(loss_a) - float(loss_b)) < 1e-4 and float(lr_a) == pytest.approx(float(lr_b))
+
+
 def test_job_end_time_within_the_margin_stops_with_a_checkpoint_and_the_rerun_finishes_the_same(
         tok, tmp_path, demo_dir):
     """stop_margin_s: a Slurm job whose end time (SLURM_JOB_END_TIME) is already within the margin

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, REPO, planned
+from conftest import BIN, REPO, copy_run, planned
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +85,38 @@ def test_changed_learning_rate_plans_training_only(demo_run):
     path = demo_run / "lr.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"train": 1, "deploy": 1, "evaluate": 12, "eval_report": 1, "all": 1}
+
+
+def test_segmented_training_runs_as_chained_jobs_and_ends_with_the_one_job_adapter(demo_run, tmp_path):
+    """train.segment_steps 10 of the demo's 30 steps: the DAG shows train_segment 1 and 2 before
+    train, each job asking train.max_job_hours of runtime; run for real in a copy of the demo run,
+    the chain ends with the adapter and loss curve of the demo's one-job training."""
+    from safetensors.torch import load_file
+    from torch.testing import assert_close
+
+    work = copy_run(demo_run, tmp_path / "seg")
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    cfg["train"].update(segment_steps=10, max_job_hours=0.5)
+    path = work / "segments.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    dry = snakemake(work, "results/train/adapter", "-n", "--configfile", str(path))
+    assert planned(dry) == {"train_segment": 2, "train": 1}
+    assert len(re.findall(r"\bruntime=30\b", dry.stdout + dry.stderr)) == 3, dry.stdout[-3000:]
+    snakemake(work, "results/train/adapter", "--configfile", str(path))
+    for seg, end in ((1, 10), (2, 20)):
+        assert json.loads((work / f"results/train/segments/{seg}.json").read_text())["segment_end"] == end
+        assert f"segment: training to step {end} of 30" in (work / f"logs/train_segment/{seg}.log").read_text()
+    assert "(step 20, " in (work / "logs/train.log").read_text()
+    a = load_file(work / "results/train/adapter/adapter_model.safetensors")
+    b = load_file(demo_run / "results/train/adapter/adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    ours, ref = ((root / "results/train/metrics.csv").read_text().splitlines() for root in (work, demo_run))
+    assert len(ours) == len(ref) == 31
+    assert [row.split(",")[0] for row in ours] == [row.split(",")[0] for row in ref]
+    for mine, theirs in zip(ours[1:], ref[1:]):
+        assert abs(float(mine.split(",")[1]) - float(theirs.split(",")[1])) < 1e-4, (mine, theirs)
 
 
 def test_changed_evaluation_max_tokens_plans_evaluation_only(demo_run):

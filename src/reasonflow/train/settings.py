@@ -44,6 +44,9 @@ class TrainSettings:
     # Inside a Slurm job with a time limit: stop this many seconds (plus one step) before the job's end
     # time with a complete checkpoint and exit 75, as on SIGUSR1; 0 = run until killed
     stop_margin_s: int = 0
+    # Train in segments (train.segment_steps): stop at this step with a complete checkpoint and return
+    # without writing the adapter; the next segment's job resumes there. 0 = run to max_steps
+    stop_at_step: int = 0
     overlong: str = "truncate"
     merge_model: bool = False
 
@@ -70,7 +73,7 @@ SPEED_ONLY = ("gradient_checkpointing", "checkpoint_layers", "attention", "fused
               "fused_norm_mlp", "compile_kernels", "compile_layers", "pack_strategy", "pack_length")
 
 # Fields that say when a job stops, never what it computes: also left out of a run's identity.
-RUN_CONTROL = ("stop_margin_s",)
+RUN_CONTROL = ("stop_margin_s", "stop_at_step")
 
 # The trainer as it was before the fast path: what bench/train_throughput.py calls "plain".
 PLAIN = {"attention": "sdpa", "fused_loss": False, "fused_lora": False, "fused_norm_mlp": False,

@@ -6,9 +6,11 @@ loss is the mean over every answer token of the whole step (``num_items_in_batch
 so gradient accumulation equals one large batch.
 
 Checkpoints (``checkpoint_every`` steps, newest ``keep_last`` kept) hold the adapter,
-optimizer, scheduler, RNG states and the number of samples consumed; they are written
-to a temporary folder and renamed, with a ``COMPLETE`` marker last. On start the
-newest complete checkpoint is resumed, so a killed or requeued job continues exactly.
+optimizer, scheduler, RNG states, the number of samples consumed and the metrics rows so
+far; they are written to a temporary folder and renamed, with a ``COMPLETE`` marker last.
+On start the newest complete checkpoint is resumed, so a killed or requeued job continues
+exactly. ``stop_at_step`` makes one job a segment of the run: it trains to that step,
+leaves a checkpoint there and writes no adapter; the next job resumes from it.
 
 SIGTERM or SIGUSR1 (what Slurm sends before a time limit, ``sbatch --signal``) make the run
 finish the optimizer step in progress, write a complete checkpoint and metrics, log what
@@ -260,12 +262,18 @@ def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, samples: int, keep_last: int) -> Path:
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, samples: int, keep_last: int,
+                    metrics_rows: list[dict] | None = None) -> Path:
+    """A complete checkpoint at ``step`` (adapter, optimizer, scheduler, RNG, samples consumed and the
+    metrics rows so far: a job that resumes here keeps the whole curve even after Snakemake deleted a
+    failed job's metrics.csv), written aside and renamed; keeps the newest ``keep_last``."""
     final = ckpt_root / f"step-{step:07d}"
     tmp = ckpt_root / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp / "adapter")
+    if metrics_rows is not None:
+        write_metrics(str(tmp / "metrics.csv"), metrics_rows)
     torch.save(
         {"step": step, "samples": samples, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
          "rng": _rng_state()},
@@ -300,9 +308,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, int]:
 # -- the loop ---------------------------------------------------------------------------------------
 
 def train(
-    base: str, training: str, settings: TrainSettings, out_adapter: str, out_metrics: str, ckpt_root: str,
+    base: str, training: str, settings: TrainSettings, out_adapter: str | None, out_metrics: str, ckpt_root: str,
     tensorboard_dir: str | None = None, out_merged: str | None = None, device: str | None = None,
 ) -> dict:
+    """Train (or resume) to ``settings.max_steps`` and write the adapter and metrics; with
+    ``settings.stop_at_step`` below max_steps, train only to that step, leave a complete checkpoint
+    there and write the metrics but no adapter (one segment of a run; ``out_adapter`` may be None)."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
@@ -322,10 +333,16 @@ def train(
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
     step = samples = 0
+    metrics_from = out_metrics
     if resumable := complete_checkpoints(ckpt):
         step, samples = load_checkpoint(resumable[-1], model, optimizer, scheduler)
         print(f"resuming from {resumable[-1]} (step {step}, {samples} samples consumed)", flush=True)
-    metrics_rows = read_metrics(out_metrics, upto=step)
+        if (resumable[-1] / "metrics.csv").is_file():
+            metrics_from = str(resumable[-1] / "metrics.csv")
+    metrics_rows = read_metrics(metrics_from, upto=step)
+    end = settings.stop_at_step if 0 < settings.stop_at_step < settings.max_steps else settings.max_steps
+    if end < settings.max_steps:
+        print(f"segment: training to step {end} of {settings.max_steps}", flush=True)
     order = sample_order(len(data), settings.data_order, settings.seed)
     for _ in range(samples):  # skip what the checkpoint already consumed (same order, same position)
         next(order)
@@ -358,10 +375,10 @@ def train(
               f"checkpoint when less than {settings.stop_margin_s} s plus one step remain", flush=True)
     slowest = 0.0
     with _StopOnSignal() as stop:
-        while step < settings.max_steps:
+        while step < end:
             t0 = time.perf_counter()
             examples, used = pending.result()
-            if step + 1 < settings.max_steps:
+            if step + 1 < end:
                 pending = pool.submit(next_batch)
             out = train_step(model, params, optimizer, scheduler, examples, settings, pad_id, dev)
             samples += used
@@ -383,14 +400,16 @@ def train(
                 print(f"TIME_LIMIT: {max(0.0, deadline - time.time() + settings.stop_margin_s):.0f} s left in the "
                       f"job, the slowest step took {slowest:.1f} s: stopping after step {step}", flush=True)
             saved = None
-            if step % settings.checkpoint_every == 0 or step == settings.max_steps:
-                saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last)
+            if step % settings.checkpoint_every == 0 or step == end:
+                saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last,
+                                        metrics_rows)
                 write_metrics(out_metrics, metrics_rows)
                 if os.environ.get(KILL_AFTER_CHECKPOINT) == str(step):  # fault injection for the resume test
                     os.kill(os.getpid(), signal.SIGKILL)
-            if stop.signame and step < settings.max_steps:
+            if stop.signame and step < end:
                 if saved is None:
-                    saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last)
+                    saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last,
+                                            metrics_rows)
                     write_metrics(out_metrics, metrics_rows)
                 pending.cancel()
                 pool.shutdown(wait=True)
@@ -404,6 +423,12 @@ def train(
     if writer:
         writer.close()
     write_metrics(out_metrics, metrics_rows)
+    if step < settings.max_steps:  # a segment: its checkpoint at `end` is what the next job resumes from
+        summary = {"segment_end": step, "max_steps": settings.max_steps, "samples": samples,
+                   "checkpoint": str(complete_checkpoints(ckpt)[-1]),
+                   "final_loss": metrics_rows[-1]["loss"] if metrics_rows else None}
+        print(json.dumps(summary), flush=True)
+        return summary
     model.save_pretrained(out_adapter)
     if out_merged:
         model.merge_and_unload().save_pretrained(out_merged)
