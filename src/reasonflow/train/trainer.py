@@ -340,9 +340,9 @@ def train(
         if (resumable[-1] / "metrics.csv").is_file():
             metrics_from = str(resumable[-1] / "metrics.csv")
     metrics_rows = read_metrics(metrics_from, upto=step)
-    end = settings.stop_at_step if 0 < settings.stop_at_step < settings.max_steps else settings.max_steps
-    if end < settings.max_steps:
-        print(f"segment: training to step {end} of {settings.max_steps}", flush=True)
+    last = settings.stop_at_step if 0 < settings.stop_at_step < settings.max_steps else settings.max_steps
+    if last < settings.max_steps:
+        print(f"segment: training to step {last} of {settings.max_steps}", flush=True)
     order = sample_order(len(data), settings.data_order, settings.seed)
     for _ in range(samples):  # skip what the checkpoint already consumed (same order, same position)
         next(order)
@@ -369,16 +369,16 @@ def train(
     pool = ThreadPoolExecutor(1, thread_name_prefix="rf-data")
     pending = pool.submit(next_batch)
     deadline = None
-    if settings.stop_margin_s > 0 and (end := job_end_time()) is not None:
-        deadline = end - settings.stop_margin_s
-        print(f"the job ends at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}: stopping with a "
+    if settings.stop_margin_s > 0 and (job_end := job_end_time()) is not None:
+        deadline = job_end - settings.stop_margin_s
+        print(f"the job ends at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(job_end))}: stopping with a "
               f"checkpoint when less than {settings.stop_margin_s} s plus one step remain", flush=True)
     slowest = 0.0
     with _StopOnSignal() as stop:
-        while step < end:
+        while step < last:
             t0 = time.perf_counter()
             examples, used = pending.result()
-            if step + 1 < end:
+            if step + 1 < last:
                 pending = pool.submit(next_batch)
             out = train_step(model, params, optimizer, scheduler, examples, settings, pad_id, dev)
             samples += used
@@ -400,13 +400,13 @@ def train(
                 print(f"TIME_LIMIT: {max(0.0, deadline - time.time() + settings.stop_margin_s):.0f} s left in the "
                       f"job, the slowest step took {slowest:.1f} s: stopping after step {step}", flush=True)
             saved = None
-            if step % settings.checkpoint_every == 0 or step == end:
+            if step % settings.checkpoint_every == 0 or step == last:
                 saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last,
                                         metrics_rows)
                 write_metrics(out_metrics, metrics_rows)
                 if os.environ.get(KILL_AFTER_CHECKPOINT) == str(step):  # fault injection for the resume test
                     os.kill(os.getpid(), signal.SIGKILL)
-            if stop.signame and step < end:
+            if stop.signame and step < last:
                 if saved is None:
                     saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last,
                                             metrics_rows)
@@ -423,7 +423,7 @@ def train(
     if writer:
         writer.close()
     write_metrics(out_metrics, metrics_rows)
-    if step < settings.max_steps:  # a segment: its checkpoint at `end` is what the next job resumes from
+    if step < settings.max_steps:  # a segment: its checkpoint at `last` is what the next job resumes from
         summary = {"segment_end": step, "max_steps": settings.max_steps, "samples": samples,
                    "checkpoint": str(complete_checkpoints(ckpt)[-1]),
                    "final_loss": metrics_rows[-1]["loss"] if metrics_rows else None}
