@@ -2,21 +2,22 @@
 
 from pathlib import Path
 
-from reasonflow.smk import log_to
-from reasonflow.train.trainer import TrainSettings, checkpoint_root, plot_loss, train
+from reasonflow.smk import log_kept_when_stopped, log_to
+from reasonflow.train.trainer import STOPPED_EXIT, TrainSettings, checkpoint_root, plot_loss, train
 
 log_to(snakemake.log[0])
 settings = TrainSettings.from_config(snakemake.params.settings)
 ckpt = checkpoint_root(snakemake.params.checkpoints, snakemake.input.base, snakemake.input.training, settings)
 print(f"checkpoints: {ckpt}")
-train(
-    snakemake.input.base,
-    snakemake.input.training,
-    settings,
-    snakemake.output.adapter,
-    snakemake.output.metrics,
-    str(ckpt),
-    tensorboard_dir=str(Path(snakemake.output.metrics).parent / "tensorboard"),
-    out_merged=snakemake.params.merged_dir if settings.merge_model else None,
-)
+with log_kept_when_stopped(snakemake.log[0], STOPPED_EXIT):  # stopped at a time limit: the retry resumes
+    train(
+        snakemake.input.base,
+        snakemake.input.training,
+        settings,
+        snakemake.output.adapter,
+        snakemake.output.metrics,
+        str(ckpt),
+        tensorboard_dir=str(Path(snakemake.output.metrics).parent / "tensorboard"),
+        out_merged=snakemake.params.merged_dir if settings.merge_model else None,
+    )
 plot_loss(snakemake.output.metrics, snakemake.output.loss_png)

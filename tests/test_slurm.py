@@ -6,8 +6,11 @@ again with `down` at the end of the module). Otherwise every test here is skippe
 The Slurm run starts from a copy of the session's local demo run (conftest's demo_run) and forces one
 raw shard's split (``--forcerun``): Snakemake replans that shard's split and curation and everything
 downstream of them (summary, merge, statistics, training, deployment and one evaluate job of twelve:
-TARGETS), so every rule that is not local goes through sbatch once, and what the cluster makes is
-compared with the local run's bytes.
+TARGETS), so every rule that is not local goes through sbatch, and what the cluster makes is
+compared with the local run's bytes. Training runs in two segments there (train.segment_steps 28 of
+the demo's 30 steps: train_segment 1, then train), and the last one is given a runtime shorter than it
+needs: it stops with a checkpoint before its time limit (train.stop_margin_s), fails with exit 75, is
+retried by Snakemake and finishes, and the adapter still equals the local one-job run's.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ pytestmark = pytest.mark.slow
 SCRIPT = REPO / "tools" / "slurm_local.sh"
 PROFILE = REPO / "profiles" / "slurm-ci"
 LOCAL_RULES = {"eval_prep", "download_model"}  # `localrule: True`: run by Snakemake itself (no sbatch)
-GPU_RULE = "train"
+GPU_RULES = {"train", "train_segment"}
 # Every rule but eval_report, with one of the demo's 12 evaluate jobs (the smallest benchmark): the
 # Slurm path of a Triton-serving job is shown once; the other 11 add CI time, not coverage.
 EVAL_ITEMS = "results/eval/items/adapter/gpqa_diamond/on.csv"
@@ -37,8 +40,13 @@ TARGETS = ("results/curation/summary.json", "results/merge/training.jsonl", "res
            "results/train/adapter", "results/serve/triton_repo", EVAL_ITEMS)
 RUN_TIMEOUT = 1800
 # the jobs the seeded Slurm directory replans (one forced shard, then everything downstream of it)
-REPLAN = {"split_shard": 1, "curate_shard": 1, "curation_summary": 1, "merge": 1, "dataset_stats": 1, "train": 1,
-          "deploy": 1, "evaluate": 1}
+REPLAN = {"split_shard": 1, "curate_shard": 1, "curation_summary": 1, "merge": 1, "dataset_stats": 1,
+          "train_segment": 1, "train": 1, "deploy": 1, "evaluate": 1}
+# Training on the cluster: a first segment of 28 steps, then `train` (steps 29-30) with a 2-minute
+# runtime and a 120 s stop margin, so each attempt of it trains one step and stops: the first attempt
+# stops after step 29 (exit 75), Snakemake's retry resumes there and finishes step 30.
+SEGMENTS = {"train": {"segment_steps": 28, "stop_margin_s": 120}}
+SHORT_RUNTIME = 2  # minutes, the `train` job's
 
 
 def cluster_ready() -> bool:
@@ -94,8 +102,10 @@ def slurm_cluster():
 
 
 def snakemake(workdir: Path, *args: str, log: str | None = None) -> subprocess.CompletedProcess:
-    """Snakemake run from inside `workdir` (the Slurm plugin's -D and log dir follow the cwd)."""
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile", "config/demo.yaml", *args]
+    """Snakemake run from inside `workdir` (the Slurm plugin's -D and log dir follow the cwd), on the
+    demo config plus the segments of SEGMENTS (segments.yaml in `workdir`)."""
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--configfile", "config/demo.yaml",
+           "segments.yaml", *args]
     try:
         proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired as exc:
@@ -112,24 +122,39 @@ def snakemake(workdir: Path, *args: str, log: str | None = None) -> subprocess.C
     return proc
 
 
+def rule_of(log: Path) -> str:
+    """The rule of a plugin log: logs/slurm/rule_<rule>/[<wildcards>/]<slurm jobid>.log."""
+    return next(p for p in log.parts if p.startswith("rule_")).removeprefix("rule_")
+
+
 @pytest.fixture(scope="module")
 def runs(slurm_cluster, demo_run, tmp_path_factory):
     """TARGETS remade through Slurm (profiles/slurm-ci) in a seeded copy of the session's local demo run
     (conftest's demo_run, ``--cores 2``), which is the reference."""
+    import yaml
+
     slurm_dir = tmp_path_factory.mktemp("slurm") / "slurm"
     copy_run(demo_run, slurm_dir)
+    (slurm_dir / "segments.yaml").write_text(yaml.safe_dump(SEGMENTS))
+    short = yaml.safe_load((PROFILE / "config.yaml").read_text())  # profiles/slurm-ci, `train` 2 minutes
+    short["set-resources"]["train"]["runtime"] = SHORT_RUNTIME
+    (slurm_dir / "profile").mkdir()
+    (slurm_dir / "profile" / "config.yaml").write_text(yaml.safe_dump(short))
     # the first raw shard's split: forced (with everything downstream of it) on the cluster
     forced = sorted((slurm_dir / "results/curation/shards").rglob("*.jsonl"))[0].relative_to(slurm_dir)
     force = f"--forcerun={forced}"
-    plan = planned(snakemake(slurm_dir, "-n", "--profile", str(PROFILE), force, *TARGETS))
+    profile = str(slurm_dir / "profile")
+    plan = planned(snakemake(slurm_dir, "-n", "--profile", profile, force, *TARGETS))
     t0 = time.monotonic()
-    # --verbose: the plugin logs each sbatch command line (debug level)
-    proc = snakemake(slurm_dir, "--profile", str(PROFILE), "--verbose", force, *TARGETS, log="slurm_run.log")
+    # --verbose: the plugin logs each sbatch command line (debug level); --retries 1: the stopped
+    # train job is run again (profiles/slurm has retries: 1; profiles/slurm-ci fails at once)
+    proc = snakemake(slurm_dir, "--profile", profile, "--retries", "1", "--verbose", force, *TARGETS,
+                     log="slurm_run.log")
     slurm_s = time.monotonic() - t0
-    # right away, while the GPU job is younger than MinJobAge and scontrol still knows it
-    submitted = {int(m[1]): (int(m[2]), Path(m[3])) for m in re.finditer(
-        r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.", proc.stdout + proc.stderr)}
-    gpu_ids = [sid for sid, log in submitted.values() if log.parts[-2] == f"rule_{GPU_RULE}"]
+    # right away, while the GPU jobs are younger than MinJobAge and scontrol still knows them
+    submitted = [(int(m[2]), Path(m[3])) for m in re.finditer(
+        r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.", proc.stdout + proc.stderr)]
+    gpu_ids = [sid for sid, log in submitted if rule_of(log) in GPU_RULES]
     scontrol = {sid: subprocess.run(["scontrol", "-o", "show", "job", str(sid)], capture_output=True, text=True).stdout
                 for sid in gpu_ids}
     print(f"\nslurm cluster up: {slurm_cluster['up_s']:.1f}s (started here: {slurm_cluster['started']}), "
@@ -148,15 +173,15 @@ def test_a_forced_shard_replans_its_jobs_and_downstream_only(runs):
 def test_every_job_but_the_local_ones_went_through_sbatch(runs):
     plan, submitted = runs["plan"], runs["submitted"]
     expected = {rule: n for rule, n in plan.items() if rule not in LOCAL_RULES}
+    expected["train"] += 1  # its retry after the stop at the time limit
     assert len(submitted) == sum(expected.values()), (plan, len(submitted))
-    slurm_ids = [sid for sid, _ in submitted.values()]
+    slurm_ids = [sid for sid, _ in submitted]
     assert len(set(slurm_ids)) == len(slurm_ids)
     # one kept plugin log per job: logs/slurm/rule_<rule>/[<wildcards>/]<slurm jobid>.log
     logs = sorted((runs["slurm"] / "logs/slurm").rglob("*.log"))
     per_rule: dict[str, int] = {}
     for log in logs:
-        rule = next(p for p in log.relative_to(runs["slurm"] / "logs/slurm").parts if p.startswith("rule_"))
-        per_rule[rule.removeprefix("rule_")] = per_rule.get(rule.removeprefix("rule_"), 0) + 1
+        per_rule[rule_of(log)] = per_rule.get(rule_of(log), 0) + 1
     assert per_rule == expected
     assert sorted(int(log.stem) for log in logs) == sorted(slurm_ids)
     # Snakemake saw every Slurm job finish
@@ -164,7 +189,8 @@ def test_every_job_but_the_local_ones_went_through_sbatch(runs):
 
 
 def test_jobs_completed_in_slurm_on_the_right_partitions(runs):
-    """Slurm's own record of the jobs (jobcomp/filetxt log: written without accounting too)."""
+    """Slurm's own record of the jobs (jobcomp/filetxt log: written without accounting too): all
+    completed but the first `train` attempt, which stopped at its time limit with exit 75."""
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
     comp = dict(re.findall(r"^(JobComp(?:Type|Loc))\s*=\s*(\S+)", config, re.M))
     if comp.get("JobCompType") != "jobcomp/filetxt" or not os.access(comp.get("JobCompLoc", ""), os.R_OK):
@@ -173,23 +199,47 @@ def test_jobs_completed_in_slurm_on_the_right_partitions(runs):
     for line in Path(comp["JobCompLoc"]).read_text().splitlines():
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
         records[int(fields["JobId"])] = fields
-    for sid, log in runs["submitted"].values():
+    first_train = min(sid for sid, log in runs["submitted"] if rule_of(log) == "train")
+    for sid, log in runs["submitted"]:
         rec = records.get(sid)
         assert rec is not None, f"Slurm job {sid} ({log}) not in {comp['JobCompLoc']}"
-        assert rec["JobState"] == "COMPLETED", rec
-        assert rec["Partition"] == ("gpu" if log.parts[-2] == f"rule_{GPU_RULE}" else "cpu"), (log, rec)
+        assert rec["JobState"] == ("FAILED" if sid == first_train else "COMPLETED"), rec
+        assert rec["Partition"] == ("gpu" if rule_of(log) in GPU_RULES else "cpu"), (log, rec)
         assert rec["Account"] == "reasonflow", rec
 
 
-def test_train_job_asked_slurm_for_the_gpu(runs):
-    (gpu_id,) = runs["gpu_scontrol"]
+def test_training_jobs_asked_slurm_for_the_gpu(runs):
     sbatch = [line for line in runs["out"].splitlines() if "sbatch call:" in line and "rule_train" in line]
-    assert len(sbatch) == 1 and "--gpus=h100:1" in sbatch[0] and " -p gpu" in sbatch[0], sbatch
-    assert "--cpus-per-gpu=2" in sbatch[0]
-    job = runs["gpu_scontrol"][gpu_id]
-    assert job, f"scontrol no longer knows Slurm job {gpu_id} (older than MinJobAge?)"
-    assert "Partition=gpu " in job and re.search(r"TresPerJob=\S*gpu:h100:1", job), job
-    assert "JobState=COMPLETED" in job, job
+    assert len(sbatch) == 3, sbatch  # train_segment 1, train, train's retry
+    for line in sbatch:
+        assert "--gpus=h100:1" in line and " -p gpu" in line and "--cpus-per-gpu=2" in line, line
+    assert len(runs["gpu_scontrol"]) == 3
+    for sid, job in runs["gpu_scontrol"].items():
+        assert job, f"scontrol no longer knows Slurm job {sid} (older than MinJobAge?)"
+        assert "Partition=gpu " in job and re.search(r"TresPerJob=\S*gpu:h100:1", job), job
+
+
+def test_a_train_job_at_its_time_limit_checkpoints_fails_and_its_retry_finishes(runs):
+    """The `train` job (steps 29-30) asks 2 minutes with a 120 s stop margin: its first attempt
+    learns the job's end time from squeue, stops after one step with a checkpoint and exit 75 (the
+    Slurm job fails), and keeps its log (Snakemake deletes a failed job's log before the retry);
+    Snakemake retries it, the retry resumes at step 29 and writes the adapter; the first segment
+    (steps 1-28, 30 minutes) is not stopped."""
+    train = sorted(sid for sid, log in runs["submitted"] if rule_of(log) == "train")
+    (segment,) = [sid for sid, log in runs["submitted"] if rule_of(log) == "train_segment"]
+    first, retry = (runs["gpu_scontrol"][sid] for sid in train)
+    assert "JobState=FAILED" in first and "JobState=COMPLETED" in retry, (first, retry)
+    assert "TimeLimit=00:02:00" in first and "TimeLimit=00:02:00" in retry, (first, retry)
+    assert "JobState=COMPLETED" in runs["gpu_scontrol"][segment]
+    (kept,) = (runs["slurm"] / "logs/train.stopped").glob(f"*-slurm{train[0]}.log")
+    first_log = kept.read_text()
+    assert "stopping with a checkpoint when less than 120 s plus one step remain" in first_log, first_log[-3000:]
+    assert "TIME_LIMIT: stopped after step 29 of 30" in first_log and "exit status 75" in first_log, first_log[-3000:]
+    retry_log = (runs["slurm"] / "logs/train.log").read_text()
+    assert "(step 29, " in retry_log and "TIME_LIMIT" not in retry_log, retry_log[-3000:]
+    seg_log = (runs["slurm"] / "logs/train_segment/1.log").read_text()
+    assert "segment: training to step 28 of 30" in seg_log and "TIME_LIMIT" not in seg_log, seg_log[-3000:]
+    assert [d.name for d in (runs["slurm"] / "logs").rglob("*.stopped")] == ["train.stopped"]
 
 
 def test_outputs_equal_a_local_run(runs):
@@ -243,29 +293,3 @@ def test_trained_adapter_matches_the_local_one(runs):
     for key in wa:
         np.testing.assert_allclose(wa[key], wb[key], rtol=1e-3, atol=1e-5, err_msg=key)
     assert (slurm / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_trainer_stops_with_a_checkpoint_before_a_real_job_time_limit(runs, tmp_path):
-    """train.stop_margin_s in a real Slurm job: `--time=2` and a 100 s margin leave ~20 s of training;
-    the trainer learns the end time from squeue (this Slurm sets no SLURM_JOB_END_TIME), stops with
-    a checkpoint and exit 75 long before the limit, and Slurm records that exit status."""
-    import sys
-
-    settings = {"max_steps": 100000, "global_batch_size": 2, "max_length": 256, "lora_rank": 4, "lora_alpha": 8,
-                "checkpoint_every": 100000, "stop_margin_s": 100}
-    cmd = [sys.executable, "-m", "reasonflow.train", "--base", str(runs["slurm"] / "resources/demo/model"),
-           "--training", str(runs["slurm"] / "results/merge/training.jsonl"), "--settings", json.dumps(settings),
-           "--out", str(tmp_path / "run"), "--device", "cpu"]
-    log = tmp_path / "job.log"
-    proc = subprocess.run(["sbatch", "--wait", "--parsable", "-p", "cpu", "-A", "reasonflow", "-c", "2",
-                           "--mem=3000", "--time=2", "-o", str(log), "--chdir", str(REPO),
-                           "--wrap", " ".join(f"'{c}'" for c in cmd)], capture_output=True, text=True, timeout=300)
-    out = log.read_text() if log.exists() else ""
-    assert proc.returncode == 75, (proc.returncode, proc.stderr, out[-3000:])
-    assert "stopping with a checkpoint when less than 100 s plus one step remain" in out, out[-3000:]
-    assert re.search(r"TIME_LIMIT: \d+ s left in the job", out) and "exit status 75" in out, out[-3000:]
-    (ckpt,) = (tmp_path / "run/checkpoints").glob("*/step-*")
-    assert (ckpt / "COMPLETE").is_file()
-    job = subprocess.run(["scontrol", "-o", "show", "job", proc.stdout.strip().split(";")[0]],
-                         capture_output=True, text=True).stdout
-    assert "ExitCode=75:0" in job and "JobState=FAILED" in job, job

@@ -395,7 +395,7 @@ def train(
             if os.environ.get(SIGNAL_AFTER_STEP) == str(step):  # fault injection for the signal test
                 os.kill(os.getpid(), signal.SIGUSR1)
             slowest = max(slowest, seconds)
-            if deadline is not None and stop.signame is None and time.time() + slowest > deadline:
+            if deadline is not None and stop.signame is None and step < last and time.time() + slowest > deadline:
                 stop.signame = "TIME_LIMIT"
                 print(f"TIME_LIMIT: {max(0.0, deadline - time.time() + settings.stop_margin_s):.0f} s left in the "
                       f"job, the slowest step took {slowest:.1f} s: stopping after step {step}", flush=True)
