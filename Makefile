@@ -84,6 +84,7 @@ demo: env $(FIXTURES)
 	@echo "  LoRA adapter:     results/train/adapter/ (metrics.csv, loss.png, tensorboard/ beside it)"
 	@echo "  Triton repos:     results/serve/triton_repo/, results/serve/vllm_repo/"
 	@echo "  benchmarks:       results/eval/summary.csv, comparison.csv, accuracy.png, items/<model>/<bench>/<mode>.csv"
+	@echo "  against step:     results/eval/steps.csv, steps.png (evaluate.steps)"
 	@echo "  logs:             logs/<rule>/...   benchmarks: benchmarks/<rule>/..."
 
 test: env $(FIXTURES)

@@ -228,6 +228,53 @@ def train_segment_done(seg):
     return f"results/train/segments/{seg}.json" if seg >= 1 else []
 
 
+# train.adapter_every's adapters; not outputs: deploy_step takes the training job's marker as input
+TRAIN_SNAPSHOTS = "results/train/snapshots"
+
+
+def eval_steps():
+    """evaluate.steps, checked: each a step below train.max_steps whose adapter training keeps
+    (a multiple of train.adapter_every); the final adapter is the evaluate.models one.
+    """
+    steps = list(config["evaluate"].get("steps") or [])
+    if not steps:
+        return []
+    every = int(config["train"].get("adapter_every", 0) or 0)
+    last = int(config["train"]["max_steps"])
+    if TRAIN_BACKEND != "hf":
+        raise ValueError(
+            f"evaluate.steps={steps} needs train.backend: hf (got {TRAIN_BACKEND!r}); "
+            "set evaluate.steps: [] for the NeMo backend"
+        )
+    bad = [s for s in steps if not 0 < s < last or not every or s % every]
+    if bad:
+        raise ValueError(
+            f"evaluate.steps {bad}: each step must lie in 1..{last - 1} (below train.max_steps "
+            f"{last}, whose adapter is evaluated anyway) and be a multiple of "
+            f"train.adapter_every ({every}), the steps whose adapters training keeps"
+        )
+    return sorted(set(steps))
+
+
+EVAL_STEPS = eval_steps()
+STEP_MODEL = "step-{}"  # evaluate's model label of the adapter at a training step
+
+
+def step_of(model):
+    """The training step of an evaluate model label ``step-N``; None for evaluate.models labels."""
+    m = re.fullmatch(r"step-(\d+)", model)
+    return int(m[1]) if m else None
+
+
+def step_trained_by(step):
+    """The training job whose run passes ``step`` (its marker or the adapter): that job writes the
+    step's adapter, so its evaluation can start while later segments still train."""
+    for seg, end in enumerate(TRAIN_SEGMENTS, start=1):
+        if step <= end:
+            return train_segment_done(seg)
+    return "results/train/adapter"
+
+
 def nemo_options():
     """train.nemo with its defaults (image, python, model_config, ...)."""
     from reasonflow.train.nemo_recipe import NEMO_DEFAULTS
@@ -264,6 +311,22 @@ def eval_source_input(wildcards):
     """A benchmark's source as an input file when it is local (URLs are fetched by the job)."""
     src = config["evaluate"]["sources"][wildcards.benchmark]
     return [] if "://" in src else [src]
+
+
+def eval_triton(wildcards):
+    """The Triton repository an evaluate job serves: the final deployment, or that of a training step."""
+    step = step_of(wildcards.model)
+    if step is None:
+        return "results/serve/triton_repo"
+    return f"results/serve/steps/{step}/triton_repo"
+
+
+def eval_served_model(wildcards):
+    """The OpenAI model id an evaluate job asks: evaluate.models' for its label; a step's adapter is
+    served under the repository's adapter name."""
+    if step_of(wildcards.model) is not None:
+        return config["serve"]["repository"].get("adapter_name", "lora")
+    return config["evaluate"]["models"][wildcards.model]
 
 
 def serve_settings():

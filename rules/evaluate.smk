@@ -29,7 +29,7 @@ rule evaluate:
     input:
         jsonl="results/eval/data/{benchmark}.jsonl",
         meta="results/eval/data/{benchmark}.json",
-        triton=rules.deploy.output.triton,
+        triton=eval_triton,
     output:
         csv="results/eval/items/{model}/{benchmark}/{mode}.csv",
         run="results/eval/items/{model}/{benchmark}/{mode}.json",
@@ -45,7 +45,7 @@ rule evaluate:
         runtime=480,
     params:
         model="{model}",
-        served_model=lambda wc: config["evaluate"]["models"][wc.model],
+        served_model=eval_served_model,
         benchmark="{benchmark}",
         mode="{mode}",
         settings=stable(config["evaluate"]["settings"]),
@@ -56,11 +56,19 @@ rule evaluate:
 
 
 rule eval_report:
-    """Summary (accuracy, std-err, no-answer rate, latency), base-vs-adapter deltas, bar chart."""
+    """Summary (accuracy, std-err, no-answer rate, latency), base-vs-adapter deltas, bar chart;
+    accuracy and no-answer rate against training step (evaluate.steps, then the final adapter).
+    """
     input:
         csvs=expand(
             "results/eval/items/{model}/{benchmark}/{mode}.csv",
             model=list(config["evaluate"]["models"]),
+            benchmark=config["evaluate"]["benchmarks"],
+            mode=config["evaluate"]["modes"],
+        ),
+        step_csvs=expand(
+            "results/eval/items/{model}/{benchmark}/{mode}.csv",
+            model=[STEP_MODEL.format(s) for s in EVAL_STEPS],
             benchmark=config["evaluate"]["benchmarks"],
             mode=config["evaluate"]["modes"],
         ),
@@ -80,11 +88,22 @@ rule eval_report:
             category="Evaluation",
             caption="../report/accuracy.rst",
         ),
+        steps=report(
+            "results/eval/steps.csv",
+            category="Evaluation",
+            caption="../report/steps.rst",
+        ),
+        steps_plot=report(
+            "results/eval/steps.png",
+            category="Evaluation",
+            caption="../report/steps.rst",
+        ),
     log:
         "logs/eval_report.log",
     conda:
         "../envs/curation.yaml"
     params:
         baseline=config["evaluate"]["baseline"],
+        final_step=config["train"]["max_steps"],
     script:
         "../scripts/eval_report.py"

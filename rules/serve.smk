@@ -18,3 +18,26 @@ rule deploy:
         settings=stable(config["serve"]["repository"]),
     script:
         "../scripts/deploy.py"
+
+
+rule deploy_step:
+    """The adapter training kept at one of evaluate.steps (train.adapter_every) -> its own
+    Triton repository, served as the final one is; written once that step has been trained.
+    """
+    input:
+        base=BASE_MODEL_DIR,
+        trained=lambda wc: step_trained_by(int(wc.step)),
+    output:
+        triton=directory("results/serve/steps/{step}/triton_repo"),
+    log:
+        "logs/deploy_step/{step}.log",
+    wildcard_constraints:
+        step="[0-9]+",
+    conda:
+        "../envs/serve.yaml"
+    params:
+        adapter=lambda wc: f"{TRAIN_SNAPSHOTS}/step-{int(wc.step):07d}",
+        engine=config["serve"]["engine"],
+        settings=stable(config["serve"]["repository"]),
+    script:
+        "../scripts/deploy.py"

@@ -30,6 +30,7 @@ if TRAIN_SEGMENTS:
             settings=train_settings(),
             stop_at_step=lambda wc: TRAIN_SEGMENTS[int(wc.seg) - 1],
             checkpoints="results/train/checkpoints",
+            snapshots=TRAIN_SNAPSHOTS,
         script:
             "../scripts/train_segment.py"
 
@@ -62,5 +63,6 @@ rule train:
         settings=train_settings(),
         checkpoints="results/train/checkpoints",
         merged_dir="results/train/merged",
+        snapshots=TRAIN_SNAPSHOTS,
     script:
         "../scripts/train.py"

@@ -1,23 +1,28 @@
 """Snakemake entry point: the trained adapter + base model -> Triton model repositories.
 
-input:  base (HF model dir), adapter (PEFT adapter dir)
+input:  base (HF model dir), adapter (PEFT adapter dir; or params.adapter, a folder the input job wrote)
 output: triton (repository root: <name>/config.pbtxt, <name>/1/model.py, <name>/serving.json),
         vllm (optional; repository root of the vLLM-backend variant)
 params: settings (dict; keys of reasonflow.serve.repository.TRITON_KEYS, plus "vllm": {...}),
-        and/or the same keys as separate params (name=..., max_batch_size=..., ...)
+        and/or the same keys as separate params (name=..., max_batch_size=..., ...); optional adapter
 """
 
 import json
+from pathlib import Path
 
 from reasonflow.serve.repository import deploy
 from reasonflow.smk import log_to
 
 log_to(snakemake.log[0])
 settings = dict(snakemake.params.get("settings", None) or {})
-settings.update({k: v for k, v in snakemake.params.items() if k != "settings"})
+settings.update({k: v for k, v in snakemake.params.items() if k not in ("settings", "adapter")})
+adapter = snakemake.params.get("adapter", None) or snakemake.input.adapter
+if not Path(adapter, "adapter_config.json").is_file():
+    raise SystemExit(f"no adapter in {adapter}: the training run that wrote it kept no adapter at this step "
+                     "(train.adapter_every changed after it ran?); retrain, or drop the step from evaluate.steps")
 out = deploy(
     snakemake.input.base,
-    snakemake.input.adapter,
+    adapter,
     snakemake.output.triton,
     snakemake.output.get("vllm", None),
     settings,

@@ -19,5 +19,6 @@ with log_kept_when_stopped(snakemake.log[0], STOPPED_EXIT):  # stopped at a time
         str(ckpt),
         tensorboard_dir=str(Path(snakemake.output.metrics).parent / "tensorboard"),
         out_merged=snakemake.params.merged_dir if settings.merge_model else None,
+        snapshots=snakemake.params.snapshots,
     )
 plot_loss(snakemake.output.metrics, snakemake.output.loss_png)

@@ -13,5 +13,6 @@ ckpt = checkpoint_root(snakemake.params.checkpoints, snakemake.input.base, snake
 print(f"checkpoints: {ckpt}")
 with log_kept_when_stopped(snakemake.log[0], STOPPED_EXIT):  # stopped at a time limit: the retry resumes
     summary = train(snakemake.input.base, snakemake.input.training, settings, None, snakemake.output.metrics,
-                    str(ckpt), tensorboard_dir=str(Path(snakemake.params.checkpoints).parent / "tensorboard"))
+                    str(ckpt), tensorboard_dir=str(Path(snakemake.params.checkpoints).parent / "tensorboard"),
+                    snapshots=snakemake.params.snapshots)
 Path(snakemake.output.done).write_text(json.dumps(summary, indent=1) + "\n")

@@ -297,6 +297,26 @@ def test_report_roundtrip_through_csv(tmp_path):
     assert pd.read_csv(tmp_path / "c.csv")["delta_accuracy"].tolist() == [0.0]
 
 
+def test_step_curve_puts_kept_adapters_before_the_final_one_beside_the_base(tmp_path):
+    """report(..., out_steps): step-N models at step N, the final adapter at final_step, the base's
+    values on every row; summary.csv keeps evaluate.models only."""
+    from reasonflow.evaluate.score import report, write_csv
+
+    better = [(i, r, "The final answer is C" if i == "q3" else t, tok, lat) for i, r, t, tok, lat in RESPONSES]
+    for name, rows in (("base", RESPONSES), ("adapter", better), ("step-5", RESPONSES)):
+        write_csv(_scored(name, rows), tmp_path / f"{name}.csv")
+    summary = report([tmp_path / "base.csv", tmp_path / "adapter.csv"], tmp_path / "s.csv", tmp_path / "c.csv",
+                     tmp_path / "p.png", step_csvs=[tmp_path / "step-5.csv"], out_steps=tmp_path / "steps.csv",
+                     out_steps_png=tmp_path / "steps.png", final_step=10)
+    assert sorted(summary["model"]) == ["adapter", "base"]
+    curve = pd.read_csv(tmp_path / "steps.csv")
+    assert curve["step"].tolist() == [5, 10] and curve["model"].tolist() == ["step-5", "adapter"]
+    assert curve["accuracy"].tolist() == [pytest.approx(0.5), pytest.approx(5 / 6)]
+    assert curve["no_answer_rate"].tolist() == [pytest.approx(2 / 6), 0.0]
+    assert curve["baseline_accuracy"].tolist() == [pytest.approx(0.5)] * 2
+    assert (tmp_path / "steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_item_csv_keeps_answers_with_a_lone_carriage_return(tmp_path):
     # a sampled answer of the random demo model held a bare "\r": unquoted, pandas split its row in two
     from reasonflow.evaluate.score import read_item_csvs, write_csv

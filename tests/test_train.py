@@ -174,7 +174,9 @@ def test_segments_stop_at_their_step_and_the_last_one_ends_with_a_straight_runs_
     """stop_at_step 2, then 4, then the rest of 6 steps (train.segment_steps: 2): each segment leaves
     a complete checkpoint at its step and no adapter; the last one writes the adapter of a straight
     run and the whole metrics curve, even though each job's metrics.csv was deleted before the next
-    (as Snakemake deletes a job's outputs), because the checkpoints carry the rows."""
+    (as Snakemake deletes a job's outputs), because the checkpoints carry the rows. adapter_every 2
+    keeps the adapters of steps 2 and 4 (not 6, the final one), equal to the checkpoints' there, and
+    is left out of the run's identity (the last job, without it, resumes the same run)."""
     from safetensors.torch import load_file
 
     training = _write(tmp_path / "t.jsonl", _rows(tok, 30))
@@ -182,14 +184,20 @@ def test_segments_stop_at_their_step_and_the_last_one_ends_with_a_straight_runs_
                 "lora_alpha": 16, "checkpoint_every": 100, "data_order": "shuffle", "seed": 3}
     straight = _train(tmp_path, demo_dir, training, settings, name="straight")
     for stop_at in (2, 4):
-        seg = _train(tmp_path, demo_dir, training, {**settings, "stop_at_step": stop_at}, name="seg")
+        seg = _train(tmp_path, demo_dir, training, {**settings, "stop_at_step": stop_at, "adapter_every": 2},
+                     name="seg")
         log = (tmp_path / "seg.out").read_text()
         assert f"segment: training to step {stop_at} of 6" in log and f'"segment_end": {stop_at}' in log, log[-2000:]
         assert not (seg / "adapter").exists()
         assert (sorted((seg / "checkpoints").glob("*/step-*"))[-1]).name == f"step-{stop_at:07d}"
         assert len((seg / "metrics.csv").read_text().splitlines()) == 1 + stop_at
+        kept = load_file(seg / "snapshots" / f"step-{stop_at:07d}" / "adapter_model.safetensors")
+        ckpt = load_file(sorted((seg / "checkpoints").glob("*/step-*"))[-1] / "adapter" / "adapter_model.safetensors")
+        assert kept.keys() == ckpt.keys() and all(torch.equal(kept[k], ckpt[k]) for k in kept)
         (seg / "metrics.csv").unlink()
     _train(tmp_path, demo_dir, training, settings, name="seg")
+    assert "resuming from" in (tmp_path / "seg.out").read_text()
+    assert sorted(p.name for p in (seg / "snapshots").iterdir()) == ["step-0000002", "step-0000004"]
     a = load_file(straight / "adapter" / "adapter_model.safetensors")
     b = load_file(seg / "adapter" / "adapter_model.safetensors")
     for k in a:

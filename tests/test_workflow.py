@@ -16,6 +16,11 @@ from conftest import BIN, REPO, copy_run, planned
 
 pytestmark = pytest.mark.slow
 
+# config/demo.yaml's evaluate.steps [10, 20]: after training, the final adapter's 12 evaluations
+# (3 benchmarks x 2 modes x base/adapter), and each step's deployment and 6 evaluations
+EVALS = {"evaluate": 12 + 2 * 6}
+STEPS = {"deploy_step": 2, **EVALS}
+
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
@@ -76,7 +81,7 @@ def test_changed_curation_value_plans_curation_and_downstream_only(demo_run):
     jobs = planned(snakemake(demo_run, "-n", "--configfile", cfg))
     n = n_shards(demo_run / "resources/demo/raw")
     assert jobs == {"curate_shard": n, "curation_summary": 1, "merge": 1, "dataset_stats": 1, "train": 1,
-                    "deploy": 1, "evaluate": 12, "eval_report": 1, "all": 1}
+                    "deploy": 1, **STEPS, "eval_report": 1, "all": 1}
 
 
 def test_changed_learning_rate_plans_training_only(demo_run):
@@ -84,7 +89,7 @@ def test_changed_learning_rate_plans_training_only(demo_run):
     cfg["train"]["lr"] = 5e-4
     path = demo_run / "lr.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"train": 1, "deploy": 1, "evaluate": 12, "eval_report": 1, "all": 1}
+    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"train": 1, "deploy": 1, **STEPS, "eval_report": 1, "all": 1}
 
 
 def test_segmented_training_runs_as_chained_jobs_and_ends_with_the_one_job_adapter(demo_run, tmp_path):
@@ -101,6 +106,12 @@ def test_segmented_training_runs_as_chained_jobs_and_ends_with_the_one_job_adapt
     path.write_text(yaml.safe_dump(cfg))
     dry = snakemake(work, "results/train/adapter", "-n", "--configfile", str(path))
     assert planned(dry) == {"train_segment": 2, "train": 1}
+    # each kept adapter is deployed once the segment that trains its step is done
+    steps = snakemake(work, "results/serve/steps/10/triton_repo", "results/serve/steps/20/triton_repo", "-n",
+                      "--configfile", str(path)).stdout
+    for step, seg in ((10, 1), (20, 2)):
+        assert re.search(rf"input: resources/demo/model, results/train/segments/{seg}\.json\n\s+output: "
+                         rf"results/serve/steps/{step}/triton_repo", steps), steps[-3000:]
     assert len(re.findall(r"\bruntime=30\b", dry.stdout + dry.stderr)) == 3, dry.stdout[-3000:]
     snakemake(work, "results/train/adapter", "--configfile", str(path))
     for seg, end in ((1, 10), (2, 20)):
@@ -124,8 +135,49 @@ def test_changed_evaluation_max_tokens_plans_evaluation_only(demo_run):
     cfg["evaluate"]["settings"]["max_tokens"] = 16
     path = demo_run / "eval_tokens.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"evaluate": 12, "eval_report": 1,
+    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {**EVALS, "eval_report": 1,
                                                                               "all": 1}
+
+
+def test_changed_evaluation_steps_retrain_nothing(demo_run):
+    """evaluate.steps is the evaluation's: dropping a step replans the report alone, and a step whose
+    adapter training does not keep (not a multiple of train.adapter_every) is a config error naming
+    both keys, before anything runs."""
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    cfg["evaluate"]["steps"] = [20]
+    path = demo_run / "one_step.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"eval_report": 1, "all": 1}
+    cfg["evaluate"]["steps"] = [15, 20]
+    path.write_text(yaml.safe_dump(cfg))
+    bad = snakemake(demo_run, "-n", "--configfile", str(path), check=False)
+    assert bad.returncode != 0
+    out = bad.stdout + bad.stderr
+    assert "evaluate.steps [15]" in out and "train.adapter_every (10)" in out, out[-2000:]
+
+
+def test_accuracy_against_training_step(demo_run):
+    """evaluate.steps [10, 20]: the adapters training kept at those steps were deployed and evaluated
+    on every benchmark and mode; steps.csv and steps.png put them beside the final adapter (step 30)
+    and the base model's reference values."""
+    import pandas as pd
+
+    for step in (10, 20):
+        kept = demo_run / f"results/train/snapshots/step-{step:07d}"
+        assert (kept / "adapter_config.json").is_file() and (kept / "adapter_model.safetensors").is_file()
+        pbtxt = (demo_run / f"results/serve/steps/{step}/triton_repo/reasonflow/config.pbtxt").read_text()
+        assert str(kept.resolve()) in pbtxt
+    curve = pd.read_csv(demo_run / "results/eval/steps.csv")
+    summary = pd.read_csv(demo_run / "results/eval/summary.csv").set_index(["model", "benchmark", "mode"])
+    assert set(summary.index.get_level_values("model")) == {"base", "adapter"}  # the steps have their own table
+    for (bench, mode), g in curve.groupby(["benchmark", "mode"]):
+        assert list(g["step"]) == [10, 20, 30] and list(g["model"]) == ["step-10", "step-20", "adapter"]
+        final = g[g["model"] == "adapter"].iloc[0]
+        assert final["accuracy"] == summary.loc[("adapter", bench, mode), "accuracy"]
+        assert (g["baseline_accuracy"] == summary.loc[("base", bench, mode), "accuracy"]).all()
+        assert (g["n"] > 0).all()
+    assert len(curve) == 3 * 6
+    assert (demo_run / "results/eval/steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_changed_merge_value_plans_merge_and_downstream_only(demo_run):
@@ -134,7 +186,7 @@ def test_changed_merge_value_plans_merge_and_downstream_only(demo_run):
     path = demo_run / "row_mode.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {
-        "merge": 1, "dataset_stats": 1, "train": 1, "deploy": 1, "evaluate": 12, "eval_report": 1, "all": 1}
+        "merge": 1, "dataset_stats": 1, "train": 1, "deploy": 1, **STEPS, "eval_report": 1, "all": 1}
 
 
 def test_adding_a_raw_file_plans_only_its_jobs_and_downstream(demo_run):
@@ -146,7 +198,7 @@ def test_adding_a_raw_file_plans_only_its_jobs_and_downstream(demo_run):
     finally:
         extra.unlink()
     assert jobs == {"split_shard": 1, "curate_shard": 1, "curation_summary": 1, "merge": 1, "dataset_stats": 1,
-                    "train": 1, "deploy": 1, "evaluate": 12, "eval_report": 1, "all": 1}
+                    "train": 1, "deploy": 1, **STEPS, "eval_report": 1, "all": 1}
 
 
 def test_merge_outputs_and_statistics(demo_run, expected_fates):
@@ -183,7 +235,7 @@ def test_changed_evaluation_source_replans_merge_and_downstream(demo_run):
     path = demo_run / "other_source.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {
-        "eval_prep": 1, "merge": 1, "dataset_stats": 1, "train": 1, "deploy": 1, "evaluate": 12, "eval_report": 1,
+        "eval_prep": 1, "merge": 1, "dataset_stats": 1, "train": 1, "deploy": 1, **STEPS, "eval_report": 1,
         "all": 1}
 
 
@@ -300,6 +352,7 @@ def test_reordered_config_keys_plan_nothing(demo_run):
 def test_nemo_backend_plans_its_rules_and_imports_once(demo_run):
     """backend nemo: nemo_import + train replace train; a changed LoRA value does not re-import."""
     overlay = ["--configfile", str(REPO / "config/demo.yaml"), str(REPO / "config/nemo.yaml")]
+    # (no evaluate.steps: the overlay sets [], the kept adapters are the hf backend's)
     assert planned(snakemake(demo_run, "-n", *overlay)) == {"nemo_import": 1, "train": 1, "deploy": 1,
                                                             "evaluate": 12, "eval_report": 1, "all": 1}
     imported = demo_run / "results/train/nemo/base_model"
@@ -308,6 +361,7 @@ def test_nemo_backend_plans_its_rules_and_imports_once(demo_run):
     snakemake(demo_run, "results/train/nemo/base_model", "--touch", *overlay)  # record it as made
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     cfg["train"].update(backend="nemo", lora_rank=16)
+    cfg["evaluate"]["steps"] = []  # as config/nemo.yaml sets it: the kept adapters are the hf backend's
     (demo_run / "nemo_r16.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned(snakemake(demo_run, "-n", "--configfile", str(demo_run / "nemo_r16.yaml")))
     assert "nemo_import" not in jobs and jobs["train"] == 1

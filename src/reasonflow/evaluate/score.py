@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -184,10 +185,80 @@ def plot(summary: pd.DataFrame, path: str | os.PathLike, title: str = "Accuracy 
     plt.close(fig)
 
 
-def report(item_csvs: Iterable[str | os.PathLike], out_summary, out_comparison, out_png, baseline: str = "base") -> pd.DataFrame:
+STEP_MODEL = re.compile(r"step-(\d+)")  # the evaluate label of an adapter kept at a training step
+STEP_COLUMNS = ["benchmark", "mode", "step", "model", "n", "accuracy", "stderr", "no_answer_rate",
+                "baseline", "baseline_accuracy", "baseline_no_answer_rate"]
+
+
+def step_curve(summary: pd.DataFrame, baseline: str = "base", final_step: int | None = None) -> pd.DataFrame:
+    """Accuracy and no-answer rate against training step, per (benchmark, mode): the ``step-N``
+    models at step N and every other non-baseline model (the final adapter) at ``final_step``, each
+    beside the baseline's values (the reference line)."""
+    base = summary[summary["model"] == baseline].set_index(["benchmark", "mode"])
+    rows = []
+    for _, r in summary[summary["model"] != baseline].iterrows():
+        m = STEP_MODEL.fullmatch(str(r["model"]))
+        step = int(m[1]) if m else final_step
+        if step is None:
+            continue
+        key = (r["benchmark"], r["mode"])
+        b = base.loc[key] if key in base.index else None
+        rows.append({"benchmark": key[0], "mode": key[1], "step": step, "model": r["model"], "n": r["n"],
+                     "accuracy": r["accuracy"], "stderr": r["stderr"], "no_answer_rate": r["no_answer_rate"],
+                     "baseline": baseline,
+                     "baseline_accuracy": b["accuracy"] if b is not None else float("nan"),
+                     "baseline_no_answer_rate": b["no_answer_rate"] if b is not None else float("nan")})
+    return (pd.DataFrame(rows, columns=STEP_COLUMNS).sort_values(["benchmark", "mode", "step"])
+            .reset_index(drop=True))
+
+
+def plot_steps(curve: pd.DataFrame, path: str | os.PathLike, title: str = "Accuracy against training step") -> None:
+    """Two panels (accuracy with std-err, no-answer rate) against step: one line per (benchmark,
+    mode), the baseline as a dashed line of the same colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups = sorted({(b, m) for b, m in zip(curve["benchmark"], curve["mode"])})
+    for i, (bench, mode) in enumerate(groups):
+        g = curve[(curve["benchmark"] == bench) & (curve["mode"] == mode)]
+        color = f"C{i % 10}"
+        label = f"{bench}, thinking {mode}"
+        axes[0].errorbar(g["step"], 100 * g["accuracy"], yerr=100 * g["stderr"], marker="o", color=color,
+                         capsize=3, label=label)
+        axes[1].plot(g["step"], 100 * g["no_answer_rate"], marker="o", color=color, label=label)
+        for ax, col in ((axes[0], "baseline_accuracy"), (axes[1], "baseline_no_answer_rate")):
+            ax.axhline(100 * g[col].iloc[0], color=color, ls="--", lw=0.8)
+    axes[0].axhline(25, color="grey", lw=0.8, ls=":", label="chance (25%)")
+    for ax, ylabel in ((axes[0], "accuracy (%)"), (axes[1], "no-answer rate (%)")):
+        ax.set_xlabel("training step (dashed: base model)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 100)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+
+
+def report(item_csvs: Iterable[str | os.PathLike], out_summary, out_comparison, out_png, baseline: str = "base",
+           step_csvs: Iterable[str | os.PathLike] = (), out_steps=None, out_steps_png=None,
+           final_step: int | None = None) -> pd.DataFrame:
+    """summary.csv, comparison.csv and the bar chart of ``item_csvs`` (evaluate.models); with
+    ``out_steps``, the accuracy-against-step table and plot of ``step_csvs`` plus the final adapter."""
     df = read_item_csvs(item_csvs)
     summary = summarize(df)
     write_csv(summary, out_summary)
     write_csv(compare(summary, baseline), out_comparison)
     plot(summary, out_png)
+    if out_steps is not None:
+        steps = list(step_csvs)
+        both = pd.concat([summary, summarize(read_item_csvs(steps))]) if steps else summary
+        curve = step_curve(both, baseline, final_step)
+        write_csv(curve, out_steps)
+        if out_steps_png is not None:
+            plot_steps(curve, out_steps_png)
     return summary

@@ -47,6 +47,9 @@ class TrainSettings:
     # Train in segments (train.segment_steps): stop at this step with a complete checkpoint and return
     # without writing the adapter; the next segment's job resumes there. 0 = run to max_steps
     stop_at_step: int = 0
+    # Keep the adapter of every adapter_every-th step (below max_steps) in the run's snapshot folder,
+    # outside the checkpoint rotation, for evaluate.steps (accuracy against training step). 0 = none
+    adapter_every: int = 0
     overlong: str = "truncate"
     merge_model: bool = False
 
@@ -72,8 +75,9 @@ class TrainSettings:
 SPEED_ONLY = ("gradient_checkpointing", "checkpoint_layers", "attention", "fused_loss", "loss_chunk", "fused_lora",
               "fused_norm_mlp", "compile_kernels", "compile_layers", "pack_strategy", "pack_length")
 
-# Fields that say when a job stops, never what it computes: also left out of a run's identity.
-RUN_CONTROL = ("stop_margin_s", "stop_at_step")
+# Fields that say when a job stops or what it keeps, never what it computes: also left out of a run's
+# identity.
+RUN_CONTROL = ("stop_margin_s", "stop_at_step", "adapter_every")
 
 # The trainer as it was before the fast path: what bench/train_throughput.py calls "plain".
 PLAIN = {"attention": "sdpa", "fused_loss": False, "fused_lora": False, "fused_norm_mlp": False,

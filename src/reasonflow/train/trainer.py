@@ -287,6 +287,23 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sam
     return final
 
 
+def snapshot_dir(snapshots: str | Path, step: int) -> Path:
+    """Where ``adapter_every`` keeps the adapter of ``step``: ``<snapshots>/step-NNNNNNN``."""
+    return Path(snapshots) / f"step-{step:07d}"
+
+
+def save_snapshot(snapshots: str | Path, step: int, model) -> Path:
+    """The adapter at ``step`` (PEFT format), written aside and renamed: a reader never sees half of it.
+    A resumed run that passes ``step`` again writes the same adapter again."""
+    final = snapshot_dir(snapshots, step)
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
 def complete_checkpoints(ckpt_root: Path) -> list[Path]:
     return sorted(p for p in ckpt_root.glob("step-*") if (p / "COMPLETE").is_file())
 
@@ -310,10 +327,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, int]:
 def train(
     base: str, training: str, settings: TrainSettings, out_adapter: str | None, out_metrics: str, ckpt_root: str,
     tensorboard_dir: str | None = None, out_merged: str | None = None, device: str | None = None,
+    snapshots: str | None = None,
 ) -> dict:
     """Train (or resume) to ``settings.max_steps`` and write the adapter and metrics; with
     ``settings.stop_at_step`` below max_steps, train only to that step, leave a complete checkpoint
-    there and write the metrics but no adapter (one segment of a run; ``out_adapter`` may be None)."""
+    there and write the metrics but no adapter (one segment of a run; ``out_adapter`` may be None).
+    ``snapshots``: the folder where ``settings.adapter_every`` keeps the adapters of those steps
+    (:func:`snapshot_dir`; evaluated by ``evaluate.steps``)."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
@@ -399,6 +419,8 @@ def train(
                 stop.signame = "TIME_LIMIT"
                 print(f"TIME_LIMIT: {max(0.0, deadline - time.time() + settings.stop_margin_s):.0f} s left in the "
                       f"job, the slowest step took {slowest:.1f} s: stopping after step {step}", flush=True)
+            if snapshots and settings.adapter_every and step % settings.adapter_every == 0 and step < settings.max_steps:
+                save_snapshot(snapshots, step, model)
             saved = None
             if step % settings.checkpoint_every == 0 or step == last:
                 saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last,
