@@ -8,6 +8,7 @@ from snakemake.utils import min_version, validate
 from reasonflow.split import shard_count
 from reasonflow import hub
 from reasonflow.data_fetch import read_manifest, select
+from reasonflow.steps import step_dir, step_label, step_of
 
 min_version("9.0")
 
@@ -257,13 +258,6 @@ def eval_steps():
 
 
 EVAL_STEPS = eval_steps()
-STEP_MODEL = "step-{}"  # evaluate's model label of the adapter at a training step
-
-
-def step_of(model):
-    """The training step of an evaluate model label ``step-N``; None for evaluate.models labels."""
-    m = re.fullmatch(r"step-(\d+)", model)
-    return int(m[1]) if m else None
 
 
 def step_trained_by(step):
@@ -272,7 +266,7 @@ def step_trained_by(step):
     for seg, end in enumerate(TRAIN_SEGMENTS, start=1):
         if step <= end:
             return train_segment_done(seg)
-    return "results/train/adapter"
+    return rules.train.output.adapter
 
 
 def nemo_options():
@@ -317,8 +311,8 @@ def eval_triton(wildcards):
     """The Triton repository an evaluate job serves: the final deployment, or that of a training step."""
     step = step_of(wildcards.model)
     if step is None:
-        return "results/serve/triton_repo"
-    return f"results/serve/steps/{step}/triton_repo"
+        return rules.deploy.output.triton
+    return expand(rules.deploy_step.output.triton, step=step)[0]
 
 
 def eval_served_model(wildcards):

@@ -68,7 +68,7 @@ rule eval_report:
         ),
         step_csvs=expand(
             "results/eval/items/{model}/{benchmark}/{mode}.csv",
-            model=[STEP_MODEL.format(s) for s in EVAL_STEPS],
+            model=[step_label(s) for s in EVAL_STEPS],
             benchmark=config["evaluate"]["benchmarks"],
             mode=config["evaluate"]["modes"],
         ),

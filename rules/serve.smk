@@ -36,7 +36,7 @@ rule deploy_step:
     conda:
         "../envs/serve.yaml"
     params:
-        adapter=lambda wc: f"{TRAIN_SNAPSHOTS}/step-{int(wc.step):07d}",
+        adapter=lambda wc: str(step_dir(TRAIN_SNAPSHOTS, wc.step)),
         engine=config["serve"]["engine"],
         settings=stable(config["serve"]["repository"]),
     script:

@@ -16,10 +16,13 @@ from reasonflow.smk import log_to
 log_to(snakemake.log[0])
 settings = dict(snakemake.params.get("settings", None) or {})
 settings.update({k: v for k, v in snakemake.params.items() if k not in ("settings", "adapter")})
-adapter = snakemake.params.get("adapter", None) or snakemake.input.adapter
+step_adapter = snakemake.params.get("adapter", None)
+adapter = step_adapter or snakemake.input.adapter
 if not Path(adapter, "adapter_config.json").is_file():
-    raise SystemExit(f"no adapter in {adapter}: the training run that wrote it kept no adapter at this step "
-                     "(train.adapter_every changed after it ran?); retrain, or drop the step from evaluate.steps")
+    why = ("the training run that wrote it kept no adapter at this step (train.adapter_every changed after "
+           "it ran?); retrain, or drop the step from evaluate.steps") if step_adapter else (
+           "the train job's output is incomplete; rerun it (snakemake --forcerun train)")
+    raise SystemExit(f"no adapter_config.json in {adapter}: {why}")
 out = deploy(
     snakemake.input.base,
     adapter,

@@ -18,13 +18,13 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..steps import step_of
 from .extract import extract
 
 ITEM_COLUMNS = [
@@ -185,7 +185,6 @@ def plot(summary: pd.DataFrame, path: str | os.PathLike, title: str = "Accuracy 
     plt.close(fig)
 
 
-STEP_MODEL = re.compile(r"step-(\d+)")  # the evaluate label of an adapter kept at a training step
 STEP_COLUMNS = ["benchmark", "mode", "step", "model", "n", "accuracy", "stderr", "no_answer_rate",
                 "baseline", "baseline_accuracy", "baseline_no_answer_rate"]
 
@@ -197,8 +196,8 @@ def step_curve(summary: pd.DataFrame, baseline: str = "base", final_step: int | 
     base = summary[summary["model"] == baseline].set_index(["benchmark", "mode"])
     rows = []
     for _, r in summary[summary["model"] != baseline].iterrows():
-        m = STEP_MODEL.fullmatch(str(r["model"]))
-        step = int(m[1]) if m else final_step
+        step = step_of(r["model"])
+        step = final_step if step is None else step
         if step is None:
             continue
         key = (r["benchmark"], r["mode"])

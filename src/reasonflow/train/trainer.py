@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reasonflow.steps import step_dir
 from reasonflow.train.data import (
     IGNORE, Example, JsonlDataset, best_fit, in_order, pad_batch, padded_row, sample_order, varlen_batch,
 )
@@ -267,8 +268,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sam
     """A complete checkpoint at ``step`` (adapter, optimizer, scheduler, RNG, samples consumed and the
     metrics rows so far: a job that resumes here keeps the whole curve even after Snakemake deleted a
     failed job's metrics.csv), written aside and renamed; keeps the newest ``keep_last``."""
-    final = ckpt_root / f"step-{step:07d}"
-    tmp = ckpt_root / f".tmp-step-{step:07d}"
+    final = step_dir(ckpt_root, step)
+    tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp / "adapter")
@@ -287,15 +288,10 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sam
     return final
 
 
-def snapshot_dir(snapshots: str | Path, step: int) -> Path:
-    """Where ``adapter_every`` keeps the adapter of ``step``: ``<snapshots>/step-NNNNNNN``."""
-    return Path(snapshots) / f"step-{step:07d}"
-
-
 def save_snapshot(snapshots: str | Path, step: int, model) -> Path:
     """The adapter at ``step`` (PEFT format), written aside and renamed: a reader never sees half of it.
     A resumed run that passes ``step`` again writes the same adapter again."""
-    final = snapshot_dir(snapshots, step)
+    final = step_dir(snapshots, step)
     tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -333,7 +329,7 @@ def train(
     ``settings.stop_at_step`` below max_steps, train only to that step, leave a complete checkpoint
     there and write the metrics but no adapter (one segment of a run; ``out_adapter`` may be None).
     ``snapshots``: the folder where ``settings.adapter_every`` keeps the adapters of those steps
-    (:func:`snapshot_dir`; evaluated by ``evaluate.steps``)."""
+    (:func:`reasonflow.steps.step_dir`; evaluated by ``evaluate.steps``)."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
