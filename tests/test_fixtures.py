@@ -96,8 +96,62 @@ def test_two_builds_byte_identical(builds):
 def test_summary(builds):
     s = builds[2]
     assert s["seed"] == SEED
-    assert 0.55 <= s["kept_fraction_of_selected"] <= 0.70
+    assert 0.75 <= s["kept_fraction_of_selected"] <= 0.90  # most chat lines are demo-task rows
     assert set(s["files"]) == set(ALL_FILES)
+
+
+# --------------------------------------------------------------------------- the demo task
+
+def _options(prompt: str) -> list[str]:
+    return re.findall(r"^[ABCD]\. (.*)$", prompt, re.M)
+
+
+def test_demo_task_rows_answer_their_own_prompt_in_both_modes(demo, fates):
+    """The kept task rows carry the evaluation's reference prompt, one word among three numbers, and an
+    answer naming that word's letter last (``The final answer is X.``), a think block first when
+    reasoning is on; half of them each way."""
+    from reasonflow.evaluate.extract import extract
+    from reasonflow.fixtures.task import GROUPS
+
+    lines = dict(physical_lines(demo / "raw/SFT/chat/chat.jsonl"))
+    task = [json.loads(lines[f["offset"]]) for f in fates if f["file"] == "SFT/chat/chat.jsonl" and f["case"] == "task"]
+    assert len(task) == 6000 and Counter(r["reasoning"] for r in task) == {"on": 3000, "off": 3000}
+    for r in task:
+        (prompt,) = [m["content"] for m in r["input"]]
+        assert prompt.startswith("Choose the best answer to the following question from the four candidates")
+        opts = _options(prompt)
+        words = [i for i, o in enumerate(opts) if not o.isdigit()]
+        assert len(opts) == 4 and len(words) == 1, prompt
+        group = re.search(r"(?:is|names) an? (\w+)\?\n", prompt)[1]
+        assert opts[words[0]] in GROUPS[group]
+        got = extract(r["output"])
+        assert got.letter == "ABCD"[words[0]] and got.rule == "final_answer", r["output"]
+        assert got.think == ("closed" if r["reasoning"] == "on" else "none")
+        assert r["output"].endswith(f"The final answer is {got.letter}.")
+
+
+def test_benchmark_items_are_fresh_task_items(demo, fates):
+    """MMLU's test split and both GPQA files ask the demo task (one word among three numbers, the word
+    is the answer), and none of their questions is in a task training row (the build itself fails on
+    any 13-word run a kept row shares with a benchmark question, except the planted quotes)."""
+    from reasonflow.fixtures.task import GROUPS
+
+    members = {w for ws in GROUPS.values() for w in ws}
+    test_rows = [row for p in sorted((demo / "eval/mmlu/data/test").glob("*.csv"))
+                 for row in csv.reader(io.StringIO(p.read_text("utf-8")))]
+    assert len(test_rows) == 7 * 12
+    asked = [row[0] for row in test_rows]
+    for row in test_rows:
+        options, letter = row[1:5], row[5]
+        assert [o in members for o in options].count(True) == 1 and options["ABCD".index(letter)] in members
+    for name in ("gpqa_main.csv", "gpqa_diamond.csv"):
+        for row in csv.DictReader(io.StringIO((demo / "eval/gpqa" / name).read_text("utf-8"))):
+            assert row["Correct Answer"] in members and all(row[f"Incorrect Answer {i}"].isdigit() for i in (1, 2, 3))
+            asked.append(row["Question"])
+    lines = dict(physical_lines(demo / "raw/SFT/chat/chat.jsonl"))
+    questions = {re.search(r"Question: (.*?)\n\n", json.loads(lines[f["offset"]])["input"][0]["content"], re.S)[1]
+                 for f in fates if f["file"] == "SFT/chat/chat.jsonl" and f["case"] == "task"}
+    assert len(questions) == 6000 and not questions & set(asked)
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -170,8 +224,8 @@ def test_model_loads_and_runs(demo):
     tok = AutoTokenizer.from_pretrained(demo / "model")  # self-contained repo
     cfg = model.config
     assert cfg.vocab_size == len(tok)
-    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (64, 128, 2)
-    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (2, 1)
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (128, 256, 2)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (4, 2)
     assert cfg.hidden_size // cfg.num_attention_heads == 32  # vLLM's CPU attention kernels
     assert cfg.max_position_embeddings == 8192 and cfg.rms_norm_eps == 1e-5
     assert not cfg.tie_word_embeddings
@@ -356,15 +410,16 @@ def test_gpqa_files(demo):
     assert len(by_id) == len(main)
     for r in main:
         assert re.fullmatch(r"rec[A-Za-z0-9]{14}", r["Record ID"])
-        assert r["High-level domain"] in ("Physics", "Chemistry", "Biology") and r["Subdomain"]
+        assert r["High-level domain"] == "Demo task" and r["Subdomain"]  # the demo task (fixtures/task.py)
         assert len({r["Correct Answer"], r["Incorrect Answer 1"], r["Incorrect Answer 2"], r["Incorrect Answer 3"]}) == 4
         assert len(norm_words(r["Question"])) >= 20
         assert norm_words(r["Pre-Revision Question"]) == norm_words(r["Question"])
-    assert {r["High-level domain"] for r in main} == {"Physics", "Chemistry", "Biology"}
+    assert len({r["Subdomain"] for r in main}) > 1
     for r in diamond:   # a subset of main, row for row
         assert by_id[r["Record ID"]] == r
     texts = [r["Question"] for r in main]
-    assert any("\n" in q for q in texts) and any("," in q for q in texts) and any('"' in q for q in texts)
+    assert any("," in q for q in texts) and any('"' in q for q in texts)
+    assert any("\n" in r["Pre-Revision Question"] for r in main)  # a quoted field with line breaks
 
 
 # --------------------------------------------------------------------------- merge expectations

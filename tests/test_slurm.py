@@ -7,8 +7,8 @@ The Slurm run starts from a copy of the session's local demo run (conftest's dem
 raw shard's split (``--forcerun``): Snakemake replans that shard's split and curation and everything
 downstream of them (summary, merge, statistics, training, deployment and one evaluate job of twelve:
 TARGETS), so every rule that is not local goes through sbatch, and what the cluster makes is
-compared with the local run's bytes. Training runs in two segments there (train.segment_steps 28 of
-the demo's 30 steps: train_segment 1, then train), and the last one is given a runtime shorter than it
+compared with the local run's bytes. Training runs in two segments there (train.segment_steps: all but
+the demo's last two steps: train_segment 1, then train), and the last one is given a runtime shorter than it
 needs: it stops with a checkpoint before its time limit (train.stop_margin_s), fails with exit 75, is
 retried by Snakemake and finishes, and the adapter still equals the local one-job run's.
 """
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import BIN, REPO, copy_run, planned
 
@@ -42,10 +43,11 @@ RUN_TIMEOUT = 1800
 # the jobs the seeded Slurm directory replans (one forced shard, then everything downstream of it)
 REPLAN = {"split_shard": 1, "curate_shard": 1, "curation_summary": 1, "merge": 1, "dataset_stats": 1,
           "train_segment": 1, "train": 1, "deploy": 1, "evaluate": 1}
-# Training on the cluster: a first segment of 28 steps, then `train` (steps 29-30) with a 2-minute
-# runtime and a 120 s stop margin, so each attempt of it trains one step and stops: the first attempt
-# stops after step 29 (exit 75), Snakemake's retry resumes there and finishes step 30.
-SEGMENTS = {"train": {"segment_steps": 28, "stop_margin_s": 120}}
+# Training on the cluster: a first segment of all but the last two steps, then `train` (the last two)
+# with a 2-minute runtime and a 120 s stop margin, so each attempt of it trains one step and stops: the
+# first attempt stops after the last step but one (exit 75), Snakemake's retry resumes there and finishes.
+MAX_STEPS = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())["train"]["max_steps"]
+SEGMENTS = {"train": {"segment_steps": MAX_STEPS - 2, "stop_margin_s": 120}}
 SHORT_RUNTIME = 2  # minutes, the `train` job's
 
 
@@ -131,8 +133,6 @@ def rule_of(log: Path) -> str:
 def runs(slurm_cluster, demo_run, tmp_path_factory):
     """TARGETS remade through Slurm (profiles/slurm-ci) in a seeded copy of the session's local demo run
     (conftest's demo_run, ``--cores 2``), which is the reference."""
-    import yaml
-
     slurm_dir = tmp_path_factory.mktemp("slurm") / "slurm"
     copy_run(demo_run, slurm_dir)
     (slurm_dir / "segments.yaml").write_text(yaml.safe_dump(SEGMENTS))
@@ -220,11 +220,11 @@ def test_training_jobs_asked_slurm_for_the_gpu(runs):
 
 
 def test_a_train_job_at_its_time_limit_checkpoints_fails_and_its_retry_finishes(runs):
-    """The `train` job (steps 29-30) asks 2 minutes with a 120 s stop margin: its first attempt
+    """The `train` job (the last two steps) asks 2 minutes with a 120 s stop margin: its first attempt
     learns the job's end time from squeue, stops after one step with a checkpoint and exit 75 (the
     Slurm job fails), and keeps its log (Snakemake deletes a failed job's log before the retry);
-    Snakemake retries it, the retry resumes at step 29 and writes the adapter; the first segment
-    (steps 1-28, 30 minutes) is not stopped."""
+    Snakemake retries it, the retry resumes at the last step but one and writes the adapter; the first
+    segment (30 minutes) is not stopped."""
     train = sorted(sid for sid, log in runs["submitted"] if rule_of(log) == "train")
     (segment,) = [sid for sid, log in runs["submitted"] if rule_of(log) == "train_segment"]
     first, retry = (runs["gpu_scontrol"][sid] for sid in train)
@@ -234,11 +234,13 @@ def test_a_train_job_at_its_time_limit_checkpoints_fails_and_its_retry_finishes(
     (kept,) = (runs["slurm"] / "logs/train.stopped").glob(f"*-slurm{train[0]}.log")
     first_log = kept.read_text()
     assert "stopping with a checkpoint when less than 120 s plus one step remain" in first_log, first_log[-3000:]
-    assert "TIME_LIMIT: stopped after step 29 of 30" in first_log and "exit status 75" in first_log, first_log[-3000:]
+    last, end = MAX_STEPS, MAX_STEPS - 2
+    assert f"TIME_LIMIT: stopped after step {last - 1} of {last}" in first_log, first_log[-3000:]
+    assert "exit status 75" in first_log, first_log[-3000:]
     retry_log = (runs["slurm"] / "logs/train.log").read_text()
-    assert "(step 29, " in retry_log and "TIME_LIMIT" not in retry_log, retry_log[-3000:]
+    assert f"(step {last - 1}, " in retry_log and "TIME_LIMIT" not in retry_log, retry_log[-3000:]
     seg_log = (runs["slurm"] / "logs/train_segment/1.log").read_text()
-    assert "segment: training to step 28 of 30" in seg_log and "TIME_LIMIT" not in seg_log, seg_log[-3000:]
+    assert f"segment: training to step {end} of {last}" in seg_log and "TIME_LIMIT" not in seg_log, seg_log[-3000:]
     assert [d.name for d in (runs["slurm"] / "logs").rglob("*.stopped")] == ["train.stopped"]
 
 
