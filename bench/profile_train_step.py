@@ -24,11 +24,9 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from train_throughput import LLAMA_8B, TINY, synth_examples  # noqa: E402
+from train_throughput import LLAMA_8B, TINY, random_lora_model, synth_examples  # noqa: E402
 
-from reasonflow.train.trainer import (  # noqa: E402
-    TrainSettings, lr_lambda, make_optimizer, prepare_model, train_step,
-)
+from reasonflow.train.trainer import TrainSettings, train_step  # noqa: E402
 
 CATEGORIES = (  # first match wins; kernel names as cuBLAS / FlashAttention / inductor / aten spell them
     ("attention", ("flash", "fmha", "attn")),
@@ -73,7 +71,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a TrainSettings field")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = LlamaConfig(**(TINY if args.tiny else LLAMA_8B))
@@ -82,13 +80,7 @@ def main() -> None:
                 fused_norm_mlp=True, compile_kernels=True, compile_layers=True, pack_strategy="best_fit")
     s = TrainSettings(precision="bf16", max_length=max_len, global_batch_size=args.global_batch, max_steps=2000,
                       warmup_ratio=0.05, **{**fast, **parse_overrides(args.set)})
-    torch.manual_seed(0)
-    with torch.device(dev):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model = prepare_model(model, s, dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, s, dev)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(s))
+    model, params, opt, sched = random_lora_model(cfg, s, dev)
     pool = synth_examples((args.warmup + args.steps) * s.global_batch_size, cfg.vocab_size, lo, hi, seed=1)
     batches = [pool[i * s.global_batch_size : (i + 1) * s.global_batch_size] for i in range(args.warmup + args.steps)]
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

@@ -13,7 +13,12 @@ optimizer step per global batch. In one run and on the same batches:
    estimated wall time for 2000 x 256 samples.
 
     python bench/train_throughput.py                 # one H100/H200, ~5 min (all levers: ~7 min)
+    python bench/train_throughput.py --kernels fa2,fa4   # only `optimized`, once per varlen kernel
     python bench/train_throughput.py --tiny          # CPU smoke run of the same code
+
+``--kernels`` measures the optimized path side by side with each varlen attention kernel
+(``RF_VARLEN_KERNELS``: ``fa2`` = PyTorch's FlashAttention-2 varlen, ``fa4`` = FlashAttention-4 from
+``flash-attn-4``), each after its own numerical check against the plain path.
 
 MFU conventions (dense bf16 peak 989 TFLOP/s, H100/H200 SXM): ``mfu_6n`` counts 6 FLOP per
 parameter per real token (the usual training convention, as if every weight got a gradient);
@@ -61,6 +66,21 @@ def synth_examples(n: int, vocab: int, lo: int, hi: int, seed: int) -> list[Exam
     return out
 
 
+def random_lora_model(cfg, settings: TrainSettings, dev: torch.device):
+    """The benchmarks' model: random bf16 weights of ``cfg`` (seed 0, so every rank of a data-parallel run
+    builds the same), the LoRA adapter and levers of ``settings``; returns (model, LoRA params, AdamW,
+    schedule)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model = prepare_model(model, settings, dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, settings, dev)
+    return model, params, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings))
+
+
 def flops_per_token(cfg, n_linear: int, mean_ctx: float, mult: int) -> float:
     """mult·N (N = parameters in matmuls) + causal attention (QK and PV, fwd x3 for fwd+bwd)."""
     attn = 2 * 2 * cfg.num_hidden_layers * cfg.hidden_size * (mean_ctx / 2) * 3
@@ -78,6 +98,8 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated variant names to skip")
     ap.add_argument("--max-mem-gib", type=float, default=75.0)
     ap.add_argument("--budget-s", type=float, default=480, help="skip intermediate levers past 60%% of this")
+    ap.add_argument("--kernels", default="", help="comma-separated varlen kernels (fa2, fa4): measure only the "
+                                                  "optimized path, once per kernel, in this order")
     args = ap.parse_args()
     start = time.time()
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -203,7 +225,46 @@ def main() -> None:
         results["variants"].append(r)
         return r
 
-    # -- 2./3. plain, levers one by one, optimized -------------------------------------------------
+    if args.kernels:  # only `optimized`, once per varlen kernel, each after its own numerical check
+        from reasonflow.train import fast
+
+        opt_settings = dataclasses.replace(base, checkpoint_layers=int(args.checkpoint_layers.split(",")[0]),
+                                           compile_layers=dev.type == "cuda")
+        for name in args.kernels.split(","):
+            os.environ[fast.KERNELS_ENV] = name
+            check(model, f"{'tiny' if args.tiny else 'llama-3.1-8b'}/{name}")
+            measure(f"optimized/{name}", opt_settings, args.steps)
+        os.environ.pop(fast.KERNELS_ENV)
+    else:
+        sweep(measure, plain, args)
+
+    # -- 4. summary --------------------------------------------------------------------------------
+    ok = [r for r in results["variants"] if "error" not in r]
+    p = next((r for r in ok if r["variant"] in ("plain", "optimized/fa2")), None)
+    print(f"\n{'variant':<22}{'tok/s':>9}{'MFU 6N':>8}{'MFU 4N':>8}{'peak GiB':>10}{'x ' + (p or {}).get('variant', 'plain'):>18}")
+    for r in results["variants"]:
+        if "error" in r:
+            print(f"{r['variant']:<22}{r['error']:>9}")
+            continue
+        ratio = r["tokens_per_s"] / p["tokens_per_s"] if p else float("nan")
+        print(f"{r['variant']:<22}{r['tokens_per_s']:>9}{r['mfu_6n']:>8.3f}{r['mfu_4n']:>8.3f}"
+              f"{r['peak_mem_gib']:>10.1f}{ratio:>18.2f}")
+    samples = 2000 * 256
+    print(f"\nsamples: mean length {mean_len:.0f} tokens (token-weighted {mean_ctx:.0f}); "
+          f"recipe = 2000 steps x 256 samples = {samples * mean_len / 1e9:.2f} B tokens")
+    for r in ok:
+        if r["variant"] in ("plain", "optimized", "optimized(kernels)") or r["variant"].startswith("optimized/"):
+            hours = samples * mean_len / r["tokens_per_s"] / 3600
+            print(f"  {r['variant']:<18} {hours:6.1f} h  (reference NeMo recipe: ~30 h on one H100)")
+            results.setdefault("recipe_hours", {})[r["variant"]] = round(hours, 1)
+    results["mean_sample_tokens"] = mean_len
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "train_throughput.json"), "w") as fh:
+            json.dump(results, fh, indent=1)
+
+
+def sweep(measure, plain: TrainSettings, args) -> None:
+    """Plain, the levers added one by one, then optimized (all levers)."""
     measure("plain", plain, args.steps)
     cur = plain
     for label, change in (("+varlen", {"attention": "varlen"}), ("+fused_loss", {"fused_loss": True}),
@@ -228,30 +289,6 @@ def main() -> None:
         final = measure("optimized(kernels)", dataclasses.replace(cur, compile_kernels=True), args.steps)
     measure("alt:compile_layers,no_fused_norm_mlp",
             dataclasses.replace(cur, compile_layers=True, fused_norm_mlp=False), args.lever_steps)
-
-    # -- 4. summary --------------------------------------------------------------------------------
-    ok = [r for r in results["variants"] if "error" not in r]
-    p = next((r for r in ok if r["variant"] == "plain"), None)
-    print(f"\n{'variant':<22}{'tok/s':>9}{'MFU 6N':>8}{'MFU 4N':>8}{'peak GiB':>10}{'x plain':>9}")
-    for r in results["variants"]:
-        if "error" in r:
-            print(f"{r['variant']:<22}{r['error']:>9}")
-            continue
-        ratio = r["tokens_per_s"] / p["tokens_per_s"] if p else float("nan")
-        print(f"{r['variant']:<22}{r['tokens_per_s']:>9}{r['mfu_6n']:>8.3f}{r['mfu_4n']:>8.3f}"
-              f"{r['peak_mem_gib']:>10.1f}{ratio:>9.2f}")
-    samples = 2000 * 256
-    print(f"\nsamples: mean length {mean_len:.0f} tokens (token-weighted {mean_ctx:.0f}); "
-          f"recipe = 2000 steps x 256 samples = {samples * mean_len / 1e9:.2f} B tokens")
-    for r in ok:
-        if r["variant"] in ("plain", "optimized", "optimized(kernels)"):
-            hours = samples * mean_len / r["tokens_per_s"] / 3600
-            print(f"  {r['variant']:<18} {hours:6.1f} h  (reference NeMo recipe: ~30 h on one H100)")
-            results.setdefault("recipe_hours", {})[r["variant"]] = round(hours, 1)
-    results["mean_sample_tokens"] = mean_len
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "train_throughput.json"), "w") as fh:
-            json.dump(results, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -219,6 +219,21 @@ def train_segment_ends():
 TRAIN_SEGMENTS = train_segment_ends()
 
 
+def train_gpus():
+    """train.gpus: data-parallel processes of each training job, one GPU each (torchrun on one node;
+    the Slurm profile asks for that many GPUs). Backend hf only."""
+    n = int(config["train"].get("gpus", 1))
+    if n > 1 and TRAIN_BACKEND != "hf":
+        raise ValueError(
+            f"train.gpus={n} needs train.backend: hf (got {TRAIN_BACKEND!r}); "
+            "set train.gpus: 1 for the NeMo backend"
+        )
+    return n
+
+
+TRAIN_GPUS = train_gpus()
+
+
 def train_job_minutes():
     """The runtime each training job asks the cluster for: train.max_job_hours."""
     return int(round(float(config["train"].get("max_job_hours", 24)) * 60))

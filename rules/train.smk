@@ -22,10 +22,11 @@ if TRAIN_SEGMENTS:
             seg="[0-9]+",
         conda:
             "../envs/train.yaml"
-        threads: 4
+        threads: 8 * TRAIN_GPUS
         resources:
             mem_mb=65536,
             runtime=train_job_minutes(),
+            gpu=TRAIN_GPUS,
         params:
             settings=train_settings(),
             stop_at_step=lambda wc: TRAIN_SEGMENTS[int(wc.seg) - 1],
@@ -36,8 +37,9 @@ if TRAIN_SEGMENTS:
 
 
 rule train:
-    """transformers + PEFT LoRA; one GPU on Slurm, CPU in the demo; resumes after preemption;
-    with train.segment_steps, the last segment of the run (after the train_segment jobs).
+    """transformers + PEFT LoRA; train.gpus GPUs (torchrun, data parallel) on Slurm, CPU in the demo;
+    resumes after preemption; with train.segment_steps, the last segment of the run (after the
+    train_segment jobs).
     """
     input:
         training=rules.merge.output.training,
@@ -55,10 +57,11 @@ rule train:
         "benchmarks/train.tsv"
     conda:
         "../envs/train.yaml"
-    threads: 4
+    threads: 8 * TRAIN_GPUS
     resources:
         mem_mb=65536,
         runtime=train_job_minutes(),
+        gpu=TRAIN_GPUS,
     params:
         settings=train_settings(),
         checkpoints="results/train/checkpoints",

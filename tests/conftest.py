@@ -152,3 +152,45 @@ def lora_adapter(demo_dir, tmp_path_factory):
         capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp / "train" / "adapter"
+
+
+# -- the trainer on small question/answer rows (test_train.py, test_train_distributed.py) -----------
+
+def qa_rows(tok, n, answer=lambda i: f"The answer is {i % 3}."):
+    rows = []
+    for i in range(n):
+        prompt = tok.apply_chat_template(
+            [{"role": "system", "content": "detailed thinking off"}, {"role": "user", "content": f"Question {i}?"}],
+            tokenize=False, add_generation_prompt=True)
+        rows.append({"input": prompt, "output": answer(i) + "<|eot_id|>", "reasoning": "off"})
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def run_trainer(tmp_path, demo_dir, training, settings: dict, name="run", kill_after=None, signal_after=None,
+                env_extra=None, expect=None):
+    """Run the trainer CLI; with ``kill_after=N`` it SIGKILLs itself right after checkpoint N, with
+    ``signal_after=N`` it sends itself SIGUSR1 after step N (a real signal through the real handler);
+    ``env_extra`` is added to its environment, ``expect`` overrides the expected exit status."""
+    import signal
+    import sys
+
+    from reasonflow.train.trainer import KILL_AFTER_CHECKPOINT, SIGNAL_AFTER_STEP, STOPPED_EXIT
+
+    cmd = [sys.executable, "-m", "reasonflow.train", "--base", str(demo_dir / "model"), "--training", training,
+           "--settings", json.dumps(settings), "--out", str(tmp_path / name), "--device", "cpu"]
+    env = dict(os.environ)
+    if kill_after:
+        env[KILL_AFTER_CHECKPOINT] = str(kill_after)
+    if signal_after:
+        env[SIGNAL_AFTER_STEP] = str(signal_after)
+    env.update(env_extra or {})
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    expected = expect if expect is not None else -signal.SIGKILL if kill_after else STOPPED_EXIT if signal_after else 0
+    assert proc.returncode == expected, proc.stderr[-2000:]
+    (tmp_path / f"{name}.out").write_text(proc.stdout + proc.stderr)
+    return tmp_path / name

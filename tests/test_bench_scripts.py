@@ -32,3 +32,17 @@ def test_profile_script_rejects_an_unknown_setting():
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
     assert out.returncode != 0 and "no_such_field" in out.stderr
+
+
+def test_scaling_script_measures_one_and_two_processes_with_the_same_losses():
+    """bench/train_scaling.py's CPU mode: torchrun with 1 and 2 gloo processes through the trainer's own
+    data-parallel step; the table has both rows and the 2-process losses equal the 1-process ones."""
+    out = subprocess.run(
+        [sys.executable, "bench/train_scaling.py", "--tiny", "--gpus", "1,2", "--steps", "1", "--warmup", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {int(m[1]): m for m in re.finditer(r"^\s+(\d)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+[\d.]+\s+([\d.e+-]+)$",
+                                              out.stdout, re.M)}
+    assert sorted(rows) == [1, 2], out.stdout[-2000:]
+    assert float(rows[1][4]) == 1.0 and float(rows[2][5]) < 1e-4

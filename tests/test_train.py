@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import qa_rows as _rows
+from conftest import run_trainer as _train
+from conftest import write_jsonl as _write
 from reasonflow.train.data import IGNORE, JsonlDataset, pack
-from reasonflow.train.trainer import (
-    KILL_AFTER_CHECKPOINT, PLAIN, SIGNAL_AFTER_STEP, STOPPED_EXIT, TrainSettings, build_model, forward_loss,
-    micro_batches,
-)
+from reasonflow.train.trainer import PLAIN, STOPPED_EXIT, TrainSettings, build_model, forward_loss, micro_batches
 
 pytestmark = pytest.mark.slow
 
@@ -26,21 +21,6 @@ def tok(demo_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(demo_dir / "model")
-
-
-def _rows(tok, n, answer=lambda i: f"The answer is {i % 3}."):
-    rows = []
-    for i in range(n):
-        prompt = tok.apply_chat_template(
-            [{"role": "system", "content": "detailed thinking off"}, {"role": "user", "content": f"Question {i}?"}],
-            tokenize=False, add_generation_prompt=True)
-        rows.append({"input": prompt, "output": answer(i) + "<|eot_id|>", "reasoning": "off"})
-    return rows
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def test_prompt_tokens_carry_no_loss(tok, tmp_path):
@@ -88,26 +68,6 @@ def test_packing_matches_unpacked_loss_and_gradients(tok, tmp_path, demo_dir):
     assert run([plain])[0] != pytest.approx(lu, rel=1e-4)
 
 
-def _train(tmp_path, demo_dir, training, settings: dict, name="run", kill_after=None, signal_after=None,
-           env_extra=None, expect=None):
-    """Run the trainer CLI; with ``kill_after=N`` it SIGKILLs itself right after checkpoint N, with
-    ``signal_after=N`` it sends itself SIGUSR1 after step N (a real signal through the real handler);
-    ``env_extra`` is added to its environment, ``expect`` overrides the expected exit status."""
-    cmd = [sys.executable, "-m", "reasonflow.train", "--base", str(demo_dir / "model"), "--training", training,
-           "--settings", json.dumps(settings), "--out", str(tmp_path / name), "--device", "cpu"]
-    env = dict(os.environ)
-    if kill_after:
-        env[KILL_AFTER_CHECKPOINT] = str(kill_after)
-    if signal_after:
-        env[SIGNAL_AFTER_STEP] = str(signal_after)
-    env.update(env_extra or {})
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
-    expected = expect if expect is not None else -signal.SIGKILL if kill_after else STOPPED_EXIT if signal_after else 0
-    assert proc.returncode == expected, proc.stderr[-2000:]
-    (tmp_path / f"{name}.out").write_text(proc.stdout + proc.stderr)
-    return tmp_path / name
-
-
 def test_loss_decreases_on_a_learnable_fixture(tok, tmp_path, demo_dir):
     training = _write(tmp_path / "t.jsonl", _rows(tok, 32))
     out = _train(tmp_path, demo_dir, training, {"max_steps": 40, "global_batch_size": 8, "lr": 5e-3, "min_lr": 5e-4,
@@ -115,8 +75,7 @@ def test_loss_decreases_on_a_learnable_fixture(tok, tmp_path, demo_dir):
                                                 "checkpoint_every": 40})
     lines = (out / "metrics.csv").read_text().splitlines()
     losses = [float(line.split(",")[1]) for line in lines[1:]]
-    # the tiny random model's frozen lm_head caps how sharp its predictions can get (its loss floor
-    # is ~7.1 nats from ~8.2), so "learned" means: a clear drop, and the end well below the start
+    # "learned" means: a clear drop, and the end well below the start
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5 and losses[-1] < losses[0] - 0.8, losses
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"

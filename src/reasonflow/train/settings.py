@@ -39,6 +39,7 @@ class TrainSettings:
     compile_layers: bool = False  # torch.compile each decoder layer whole (fuses RoPE, residuals, norms, ...)
     pack_strategy: str = "best_fit"  # best_fit (within a step: less padding) | in_order
     pack_length: int = 0  # tokens per packed row; 0 = max_length
+    gpus: int = 1  # data-parallel processes on one node (torchrun; reasonflow.train.distributed)
     checkpoint_every: int = 100
     keep_last: int = 3
     # Inside a Slurm job with a time limit: stop this many seconds (plus one step) before the job's end
@@ -62,6 +63,8 @@ class TrainSettings:
                               ("data_order", ("sequential", "shuffle")), ("precision", ("auto", "bf16", "fp32"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not isinstance(self.gpus, int) or self.gpus < 1:
+            raise ValueError(f"train.gpus must be a whole number >= 1, got {self.gpus!r}")
         if self.pack_length and self.pack_length < self.max_length:
             raise ValueError(f"train.pack_length ({self.pack_length}) must be 0 or >= max_length ({self.max_length})")
 
@@ -73,7 +76,7 @@ class TrainSettings:
 # Fields that change how a step is computed, never which samples it sees or the function it computes:
 # a run resumes its checkpoints across changes of these (e.g. compile switched off to debug a node).
 SPEED_ONLY = ("gradient_checkpointing", "checkpoint_layers", "attention", "fused_loss", "loss_chunk", "fused_lora",
-              "fused_norm_mlp", "compile_kernels", "compile_layers", "pack_strategy", "pack_length")
+              "fused_norm_mlp", "compile_kernels", "compile_layers", "pack_strategy", "pack_length", "gpus")
 
 # Fields that say when a job stops or what it keeps, never what it computes: also left out of a run's
 # identity.

@@ -163,22 +163,27 @@ def make_optimizer(params, settings: TrainSettings, device: torch.device):
 
 
 def train_step(model, params, optimizer, scheduler, examples: list[Example], settings: TrainSettings, pad_id: int,
-               device: torch.device) -> dict:
-    """One optimizer step over ``examples`` (one global batch): the stage's and the benchmark's code path."""
+               device: torch.device, dp=None) -> dict:
+    """One optimizer step over ``examples`` (one global batch): the stage's and the benchmark's code path.
+    With ``dp`` (:class:`reasonflow.train.distributed.DataParallel`) this rank computes its share of the
+    micro-batches and the gradient is summed over the ranks; loss and tokens are the whole step's."""
     batches = micro_batches(examples, settings, pad_id)
     num_items = sum(1 for e in examples for t in e.labels if t != IGNORE)
-    total = torch.zeros((), device=device)
-    for batch in batches:
-        loss = forward_loss(model, batch, num_items, device, settings)
-        loss.backward()
-        total += loss.detach()
+    if dp is not None:
+        total, tokens = dp.backward(batches, num_items, device)
+    else:
+        total = torch.zeros((), device=device)
+        for batch in batches:
+            loss = forward_loss(model, batch, num_items, device, settings)
+            loss.backward()
+            total += loss.detach()
+        tokens = sum(b["real_tokens"] for b in batches)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
     lr = scheduler.get_last_lr()[0]  # the rate this step uses
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": total.item(), "grad_norm": grad_norm.item(), "lr": lr,
-            "tokens": sum(b["real_tokens"] for b in batches), "rows": len(batches)}
+    return {"loss": total.item(), "grad_norm": grad_norm.item(), "lr": lr, "tokens": tokens, "rows": len(batches)}
 
 
 def checkpoint_root(parent, base: str, training: str, settings: TrainSettings) -> Path:
@@ -202,6 +207,7 @@ def checkpoint_root(parent, base: str, training: str, settings: TrainSettings) -
 KILL_AFTER_CHECKPOINT = "RF_KILL_AFTER_CHECKPOINT"
 SIGNAL_AFTER_STEP = "RF_SIGNAL_AFTER_STEP"  # fault injection: the run sends itself SIGUSR1 after step N
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_REASONS = (None, "TIME_LIMIT", "SIGTERM", "SIGUSR1")  # agreed over the ranks as the highest index
 STOPPED_EXIT = 75  # EX_TEMPFAIL: stopped on a signal after a complete checkpoint; run again to resume
 
 
@@ -333,7 +339,9 @@ def train(
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from reasonflow.train import distributed
+
+    dev, parallel = distributed.init(device)
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
     np.random.seed(settings.seed)
@@ -344,10 +352,15 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, settings, dev)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings))
+    dp = distributed.DataParallel(model, dev, settings) if parallel else None
+    rank0 = dp is None or dp.rank == 0
+    if dp is not None:
+        print(f"rank {dp.rank} of {dp.world} on {dev}", flush=True)
 
     ckpt = Path(ckpt_root)
     ckpt.mkdir(parents=True, exist_ok=True)
-    (ckpt / "settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    if rank0:
+        (ckpt / "settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
     step = samples = 0
     metrics_from = out_metrics
     if resumable := complete_checkpoints(ckpt):
@@ -364,12 +377,12 @@ def train(
         next(order)
 
     writer = None
-    if tensorboard_dir:
+    if tensorboard_dir and rank0:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(tensorboard_dir)
     model.train()
-    bar = tqdm(total=settings.max_steps, initial=step, desc="train", unit="step", mininterval=5)
+    bar = tqdm(total=settings.max_steps, initial=step, desc="train", unit="step", mininterval=5, disable=not rank0)
     def next_batch() -> tuple[list[Example], int]:
         examples, used = [], 0
         while len(examples) < settings.global_batch_size:
@@ -396,7 +409,7 @@ def train(
             examples, used = pending.result()
             if step + 1 < last:
                 pending = pool.submit(next_batch)
-            out = train_step(model, params, optimizer, scheduler, examples, settings, pad_id, dev)
+            out = train_step(model, params, optimizer, scheduler, examples, settings, pad_id, dev, dp)
             samples += used
             step += 1
             seconds = time.perf_counter() - t0
@@ -415,20 +428,30 @@ def train(
                 stop.signame = "TIME_LIMIT"
                 print(f"TIME_LIMIT: {max(0.0, deadline - time.time() + settings.stop_margin_s):.0f} s left in the "
                       f"job, the slowest step took {slowest:.1f} s: stopping after step {step}", flush=True)
-            if snapshots and settings.adapter_every and step % settings.adapter_every == 0 and step < settings.max_steps:
+            if dp is not None:  # every rank stops after the same step: the strongest reason of any rank
+                stop.signame = STOP_REASONS[dp.agree(STOP_REASONS.index(stop.signame))]
+            if rank0 and snapshots and settings.adapter_every and step % settings.adapter_every == 0 \
+                    and step < settings.max_steps:
                 save_snapshot(snapshots, step, model)
             saved = None
-            if step % settings.checkpoint_every == 0 or step == last:
+            if rank0 and (step % settings.checkpoint_every == 0 or step == last):
                 saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last,
                                         metrics_rows)
                 write_metrics(out_metrics, metrics_rows)
                 if os.environ.get(KILL_AFTER_CHECKPOINT) == str(step):  # fault injection for the resume test
                     os.kill(os.getpid(), signal.SIGKILL)
             if stop.signame and step < last:
-                if saved is None:
-                    saved = save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last,
-                                            metrics_rows)
-                    write_metrics(out_metrics, metrics_rows)
+                saved = saved or step_dir(ckpt, step)
+                if rank0:
+                    if not (saved / "COMPLETE").is_file():
+                        save_checkpoint(ckpt, step, model, optimizer, scheduler, samples, settings.keep_last,
+                                        metrics_rows)
+                        write_metrics(out_metrics, metrics_rows)
+                    if dp is not None:  # what the launcher reports, since torchrun only says "failed"
+                        (ckpt / distributed.STOPPED_MARKER).write_text(json.dumps(
+                            {"signame": stop.signame, "step": step, "checkpoint": str(saved)}) + "\n")
+                if dp is not None:
+                    dp.barrier()
                 pending.cancel()
                 pool.shutdown(wait=True)
                 bar.close()
@@ -440,6 +463,10 @@ def train(
     bar.close()
     if writer:
         writer.close()
+    if dp is not None:
+        dp.barrier()  # rank 0's last checkpoint is complete before any rank reports the end
+    if not rank0:
+        return {"rank": dp.rank, "steps": step}
     write_metrics(out_metrics, metrics_rows)
     if step < settings.max_steps:  # a segment: its checkpoint at `last` is what the next job resumes from
         summary = {"segment_end": step, "max_steps": settings.max_steps, "samples": samples,
@@ -469,9 +496,10 @@ def read_metrics(path: str, upto: int) -> list[dict]:
     """Rows of ``metrics.csv`` up to step ``upto`` (empty cells, as older files have them, read as nan)."""
     if not os.path.exists(path):
         return []
+    counts = ("step", "samples", "tokens")  # written back as they were: 8, not 8.0, after a resume
     with open(path, newline="") as fh:
-        return [{k: int(v) if k == "step" else float(v) if v != "" else math.nan for k, v in r.items()}
-                for r in csv.DictReader(fh) if int(r["step"]) <= upto]
+        return [{k: int(float(v)) if k in counts and v != "" else float(v) if v != "" else math.nan
+                 for k, v in r.items()} for r in csv.DictReader(fh) if int(r["step"]) <= upto]
 
 
 def write_metrics(path: str, rows: list[dict]) -> None:
