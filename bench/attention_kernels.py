@@ -1,10 +1,12 @@
-"""Packed-sample causal attention kernels on one GPU: FlashAttention-2 varlen vs cuDNN.
+"""Packed-sample causal attention kernels on one GPU: FlashAttention-2 varlen vs FlashAttention-4 vs cuDNN.
 
 Rows of up to 8192 tokens packed best-fit from sample lengths log-uniform in [256, 8192]
 (the training benchmark's workload), Llama-3.1-8B attention geometry (32 query heads,
 8 KV heads, head dim 128), bf16, forward + backward. Prints per kernel: output and gradient
 error against FlashAttention, median ms per row, TFLOP/s (causal, within samples), and the
-cost of the first call on a new shape (cuDNN builds an execution plan per shape).
+cost of the first call on a new shape (cuDNN builds an execution plan per shape). FlashAttention-4
+(``fa4-varlen``, GQA native, through the training stage's custom ops) is measured where
+``flash-attn-4`` is installed.
 
     python bench/attention_kernels.py [--rows 24] [--ragged]
 """
@@ -91,6 +93,11 @@ def main() -> None:
     varlen_attn, causal, _ = fast._torch_varlen()  # what the training stage's `attention: varlen` calls
     kernels = {"flash-varlen": lambda q, k, v, cu, m: varlen_attn(q, k, v, cu, cu, m, m, **causal),
                "cudnn-per-sample": lambda q, k, v, cu, m: cudnn_per_sample(q, k, v, cu.tolist(), scale)}
+    from reasonflow.train import fa4
+
+    if fa4.available():
+        print(f"flash-attn-4 {fa4.available()}")
+        kernels["fa4-varlen"] = lambda q, k, v, cu, m: fa4.varlen_attention(q, k, v, cu, m, scale)
     if args.ragged:
         kernels["cudnn-ragged"] = lambda q, k, v, cu, m: cudnn_ragged(q, k, v, cu, m, scale)
     results = {name: [] for name in kernels}

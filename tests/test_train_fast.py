@@ -137,19 +137,46 @@ def test_varlen_kernel_absent_on_cpu_takes_logged_fallback(capsys):
     torch.testing.assert_close(out[0, 4:], want[0].transpose(0, 1))
 
 
+def test_unknown_varlen_kernel_is_named(monkeypatch):
+    monkeypatch.setenv(fast.KERNELS_ENV, "fa4,fa9")
+    with pytest.raises(ValueError, match=r"RF_VARLEN_KERNELS.*'fa9'"):
+        fast.varlen_choice(torch.device("cuda"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlashAttention varlen needs a CUDA GPU (CPU: fallback)")
-def test_flash_varlen_matches_fallback_on_gpu():
+@pytest.mark.parametrize("kernel", ["fa2", "fa4"])
+def test_gpu_varlen_kernel_matches_fallback_and_compiles_in_one_graph(kernel, monkeypatch):
+    """Each varlen kernel that runs here (fa4 where flash-attn-4 is installed) gives the per-sample SDPA
+    output and gradients, and a compiled function around it has no graph break (fullgraph=True)."""
+    monkeypatch.setenv(fast.KERNELS_ENV, kernel)
     dev = torch.device("cuda")
-    assert fast.varlen_backend(dev) == "flash-varlen"
-    q, k, v = (torch.randn(1, h, 64, 128, device=dev, dtype=torch.bfloat16) for h in (8, 2, 2))
+    backend = fast.register_attention(dev)
+    if backend == "sdpa-per-sample":
+        pytest.skip(f"{kernel} varlen is not available here")
+    assert backend == {"fa2": "flash-varlen", "fa4": "fa4-varlen"}[kernel]
+    g = torch.Generator(device="cpu").manual_seed(1)
+    q, k, v = (torch.randn(1, h, 64, 128, generator=g).to(dev, torch.bfloat16).requires_grad_() for h in (8, 2, 2))
     cu = torch.tensor([0, 20, 64], dtype=torch.int32, device=dev)
-    fast.register_attention(dev)
-    a, _ = fast.varlen_attention(None, q, k, v, None, scaling=128**-0.5, rf_cu_seqlens=cu, rf_max_seqlen=44)
-    fast._KERNEL.clear()
-    fast._BOUNDS.append([0, 20, 64])
-    b, _ = fast.varlen_attention(None, q, k, v, None, scaling=128**-0.5, rf_cu_seqlens=cu, rf_max_seqlen=44)
-    fast._BOUNDS.pop()
-    torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+
+    def attend(q, k, v):
+        return fast.varlen_attention(None, q, k, v, None, scaling=128**-0.5, rf_cu_seqlens=cu, rf_max_seqlen=44)[0]
+
+    dout = torch.randn(1, 64, 8, 128, generator=g).to(dev, torch.bfloat16)
+    a = attend(q, k, v)
+    grads = torch.autograd.grad(a, (q, k, v), dout)
+    c = torch.compile(attend, fullgraph=True, dynamic=True)(q, k, v)
+    cgrads = torch.autograd.grad(c, (q, k, v), dout)
+    try:
+        fast._KERNEL.clear()
+        fast._BOUNDS.append([0, 20, 64])
+        b = attend(q, k, v)
+        bgrads = torch.autograd.grad(b, (q, k, v), dout)
+    finally:
+        fast._BOUNDS.pop()
+    for x, y in zip((a, *grads), (b, *bgrads)):
+        torch.testing.assert_close(x.float(), y.float(), rtol=2e-2, atol=2e-2)
+    for x, y in zip((c, *cgrads), (a, *grads)):
+        torch.testing.assert_close(x.float(), y.float(), rtol=1e-3, atol=1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,14 @@ measured one by one by ``bench/train_throughput.py`` (notes in ``bench/TRAINING_
 
 - ``attention: varlen``: packed samples go through attention as variable-length
   sequences (``cu_seqlens``), never through a materialised block-diagonal mask.
-  On CUDA this is PyTorch's FlashAttention varlen kernel
-  (``torch.nn.attention.varlen``); where that kernel is missing (the CPU, an old
-  torch) the same call runs one causal SDPA per sample: exact, and logged once.
+  On CUDA the kernel is FlashAttention-4's varlen kernel where ``flash-attn-4`` is
+  installed (``reasonflow.train.fa4``: custom ops that compiled layers keep in their
+  graph; Hopper and newer), else PyTorch's FlashAttention-2 varlen kernel
+  (``torch.nn.attention.varlen``); each must pass a self-test (forward and
+  gradients against per-sample SDPA) first. Where neither runs (the CPU, an old
+  torch) the same call runs one causal SDPA per sample: exact. The choice is logged
+  (``train path: {"attention": "fa4-varlen" | "flash-varlen" | "sdpa-per-sample"}``);
+  ``RF_VARLEN_KERNELS`` (default ``fa4,fa2``) orders or limits the candidates.
 - ``fused_loss``: the LM head and cross entropy run over the answer positions
   only, in chunks, and the gradient with respect to the hidden states is formed
   in the forward pass, so fp32 logits of the whole row never exist.
@@ -68,38 +73,92 @@ def _torch_varlen():
     return varlen_attn, kwargs, "scale" in params
 
 
+def _fa2_kernel():
+    """FlashAttention-2 varlen through PyTorch, as ``f(q, k, v, cu_seqlens, max_seqlen, scale) -> out``."""
+    found = _torch_varlen()
+    if found is None:
+        return None
+    fn, extra, has_scale = found
+
+    def call(q, k, v, cu, max_len, scale):
+        return fn(q, k, v, cu, cu, max_len, max_len, **extra, **({"scale": scale} if has_scale else {}))
+
+    return call
+
+
+def _fa4_kernel():
+    """FlashAttention-4 varlen (``flash-attn-4``), as ``f(q, k, v, cu_seqlens, max_seqlen, scale) -> out``."""
+    from reasonflow.train import fa4
+
+    return fa4.varlen_attention if fa4.available() else None
+
+
+KERNELS_ENV = "RF_VARLEN_KERNELS"  # which varlen kernels to try, in order (default "fa4,fa2")
+VARLEN_KERNELS = {"fa4": ("fa4-varlen", _fa4_kernel, 9), "fa2": ("flash-varlen", _fa2_kernel, 8)}  # + min. arch
 _varlen_checked: dict[tuple, bool] = {}
 
 
-def _varlen_selftest(device: torch.device) -> bool:
-    """Run the kernel once (forward + backward, GQA, two samples) against per-sample SDPA."""
-    fn, extra, _ = _torch_varlen()
+def _varlen_selftest(device: torch.device, name: str, call) -> bool:
+    """Run ``call`` once (forward + backward, GQA 4:1, head dim 128, two samples) against per-sample SDPA:
+    the output and the gradients of q, k and v must agree to bf16 accuracy."""
     try:
         g = torch.Generator(device="cpu").manual_seed(0)
-        q, k, v = (torch.randn(48, h, 64, generator=g).to(device, torch.bfloat16).requires_grad_()
+        q, k, v = (torch.randn(48, h, 128, generator=g).to(device, torch.bfloat16).requires_grad_()
                    for h in (8, 2, 2))
         cu = torch.tensor([0, 20, 48], dtype=torch.int32, device=device)
-        out = fn(q, k, v, cu, cu, 28, 28, **extra)
-        out.float().square().sum().backward()
+        out = call(q, k, v, cu, 28, None)
+        grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
         ref = _per_sample_sdpa(q, k, v, [0, 20, 48], None)
-        err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-        ok = err < 2e-2 and q.grad is not None and torch.isfinite(q.grad).all().item()
+        ref_grads = torch.autograd.grad(ref.float().square().sum(), (q, k, v))
+
+        def rel(a, b):
+            return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+        errs = [rel(out, ref)] + [rel(a, b) for a, b in zip(grads, ref_grads)]
+        ok = max(errs) < 2e-2
         if not ok:
-            _note("selftest", f"FlashAttention varlen self-test failed (rel. error {err:.3g}): per-sample SDPA instead")
-        return bool(ok)
-    except Exception as exc:  # an old torch without backward, no GQA support, ...
-        _note("selftest", f"FlashAttention varlen unusable here ({type(exc).__name__}: {exc}): per-sample SDPA")
+            _note(f"selftest-{name}", f"{name} varlen self-test failed (rel. errors out/dq/dk/dv "
+                                      f"{', '.join(f'{e:.3g}' for e in errs)}): not used")
+        return ok
+    except Exception as exc:  # an old torch without backward, no GQA support, a kernel that fails to build, ...
+        _note(f"selftest-{name}", f"{name} varlen unusable here ({type(exc).__name__}: {exc}): not used")
         return False
 
 
+def _kernel_order() -> list[str]:
+    import os
+
+    names = [n.strip() for n in os.environ.get(KERNELS_ENV, "fa4,fa2").split(",") if n.strip()]
+    bad = [n for n in names if n not in VARLEN_KERNELS]
+    if bad:
+        raise ValueError(f"{KERNELS_ENV}: unknown varlen kernel(s) {bad}; known: {sorted(VARLEN_KERNELS)}")
+    return names
+
+
+def varlen_choice(device: torch.device):
+    """(backend name, kernel) for ``device``: the first of ``RF_VARLEN_KERNELS`` that exists here and
+    passes its self-test, else ``("sdpa-per-sample", None)``."""
+    order = _kernel_order()
+    if device.type != "cuda":
+        return "sdpa-per-sample", None
+    major = torch.cuda.get_device_capability(device)[0]
+    for name in order:
+        backend, find, min_major = VARLEN_KERNELS[name]
+        call = find() if major >= min_major else None
+        if call is None:
+            continue
+        key = (name, device.type, device.index)
+        if key not in _varlen_checked:
+            _varlen_checked[key] = _varlen_selftest(device, name, call)
+        if _varlen_checked[key]:
+            return backend, call
+    return "sdpa-per-sample", None
+
+
 def varlen_backend(device: torch.device) -> str:
-    """``flash-varlen`` where PyTorch's varlen kernel runs (and passes its self-test), else ``sdpa-per-sample``."""
-    if device.type != "cuda" or _torch_varlen() is None or torch.cuda.get_device_capability(device)[0] < 8:
-        return "sdpa-per-sample"
-    key = (device.type, device.index)
-    if key not in _varlen_checked:
-        _varlen_checked[key] = _varlen_selftest(device)
-    return "flash-varlen" if _varlen_checked[key] else "sdpa-per-sample"
+    """``fa4-varlen`` or ``flash-varlen`` where that kernel runs (and passes its self-test), else
+    ``sdpa-per-sample``."""
+    return varlen_choice(device)[0]
 
 
 def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -119,8 +178,7 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
         raise ValueError("varlen attention does not implement attention dropout")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D) views
     if _KERNEL:  # chosen once by register_attention(), outside any compiled region
-        fn, extra, has_scale = _KERNEL[0]
-        out = fn(q, k, v, cu, cu, max_len, max_len, **extra, **({"scale": scaling} if has_scale else {}))
+        out = _KERNEL[0](q, k, v, cu, max_len, scaling)
     else:
         _note("fallback", f"varlen attention on {q.device.type}: FlashAttention varlen kernel not available, "
                           "running one causal SDPA per sample (exact, slower)")
@@ -139,7 +197,7 @@ def _per_sample_sdpa(q, k, v, bounds: list[int], scale):
     return out
 
 
-_KERNEL: list[tuple] = []  # [(varlen_attn, causal kwargs, takes scale)] when the kernel is in use
+_KERNEL: list = []  # [f(q, k, v, cu_seqlens, max_seqlen, scale)] when a varlen kernel is in use
 
 
 def register_attention(device: torch.device) -> str:
@@ -147,10 +205,10 @@ def register_attention(device: torch.device) -> str:
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION_NAME, varlen_attention)
-    backend = varlen_backend(device)
+    backend, call = varlen_choice(device)
     _KERNEL.clear()
-    if backend == "flash-varlen":
-        _KERNEL.append(_torch_varlen())
+    if call is not None:
+        _KERNEL.append(call)
     return backend
 
 
