@@ -96,7 +96,7 @@ def test_two_builds_byte_identical(builds):
 def test_summary(builds):
     s = builds[2]
     assert s["seed"] == SEED
-    assert 0.75 <= s["kept_fraction_of_selected"] <= 0.90  # most chat lines are demo-task rows
+    assert 0.80 <= s["kept_fraction_of_selected"] <= 0.92  # most chat lines are demo-task rows
     assert set(s["files"]) == set(ALL_FILES)
 
 
@@ -115,7 +115,7 @@ def test_demo_task_rows_answer_their_own_prompt_in_both_modes(demo, fates):
 
     lines = dict(physical_lines(demo / "raw/SFT/chat/chat.jsonl"))
     task = [json.loads(lines[f["offset"]]) for f in fates if f["file"] == "SFT/chat/chat.jsonl" and f["case"] == "task"]
-    assert len(task) == 6000 and Counter(r["reasoning"] for r in task) == {"on": 3000, "off": 3000}
+    assert len(task) == 8000 and Counter(r["reasoning"] for r in task) == {"on": 4000, "off": 4000}
     for r in task:
         (prompt,) = [m["content"] for m in r["input"]]
         assert prompt.startswith("Choose the best answer to the following question from the four candidates")
@@ -151,7 +151,7 @@ def test_benchmark_items_are_fresh_task_items(demo, fates):
     lines = dict(physical_lines(demo / "raw/SFT/chat/chat.jsonl"))
     questions = {re.search(r"Question: (.*?)\n\n", json.loads(lines[f["offset"]])["input"][0]["content"], re.S)[1]
                  for f in fates if f["file"] == "SFT/chat/chat.jsonl" and f["case"] == "task"}
-    assert len(questions) == 6000 and not questions & set(asked)
+    assert len(questions) == 8000 and not questions & set(asked)
 
 
 # --------------------------------------------------------------------------- tokenizer

@@ -16,10 +16,13 @@ from conftest import BIN, REPO, copy_run, planned
 
 pytestmark = pytest.mark.slow
 
-# config/demo.yaml's evaluate.steps [10, 20]: after training, the final adapter's 12 evaluations
-# (3 benchmarks x 2 modes x base/adapter), and each step's deployment and 6 evaluations
-EVALS = {"evaluate": 12 + 2 * 6}
-STEPS = {"deploy_step": 2, **EVALS}
+DEMO = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+MAX_STEPS, EVAL_STEPS, ADAPTER_EVERY = (DEMO["train"]["max_steps"], DEMO["evaluate"]["steps"],
+                                        DEMO["train"]["adapter_every"])
+# after training, the final adapter's 12 evaluations (3 benchmarks x 2 modes x base/adapter), and each
+# evaluate.steps adapter's deployment and 6 evaluations
+EVALS = {"evaluate": 12 + len(EVAL_STEPS) * 6}
+STEPS = {"deploy_step": len(EVAL_STEPS), **EVALS}
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -93,7 +96,7 @@ def test_changed_learning_rate_plans_training_only(demo_run):
 
 
 def test_segmented_training_runs_as_chained_jobs_and_ends_with_the_one_job_adapter(demo_run, tmp_path):
-    """train.segment_steps 10 of the demo's 30 steps: the DAG shows train_segment 1 and 2 before
+    """train.segment_steps a third of the demo's steps: the DAG shows train_segment 1 and 2 before
     train, each job asking train.max_job_hours of runtime; run for real in a copy of the demo run,
     the chain ends with the adapter and loss curve of the demo's one-job training."""
     from safetensors.torch import load_file
@@ -101,30 +104,32 @@ def test_segmented_training_runs_as_chained_jobs_and_ends_with_the_one_job_adapt
 
     work = copy_run(demo_run, tmp_path / "seg")
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    cfg["train"].update(segment_steps=10, max_job_hours=0.5)
+    seg_steps = MAX_STEPS // 3
+    cfg["train"].update(segment_steps=seg_steps, max_job_hours=0.5)
     path = work / "segments.yaml"
     path.write_text(yaml.safe_dump(cfg))
     dry = snakemake(work, "results/train/adapter", "-n", "--configfile", str(path))
     assert planned(dry) == {"train_segment": 2, "train": 1}
     # each kept adapter is deployed once the segment that trains its step is done
-    steps = snakemake(work, "results/serve/steps/10/triton_repo", "results/serve/steps/20/triton_repo", "-n",
+    steps = snakemake(work, *(f"results/serve/steps/{s}/triton_repo" for s in EVAL_STEPS), "-n",
                       "--configfile", str(path)).stdout
-    for step, seg in ((10, 1), (20, 2)):
+    for step in EVAL_STEPS:
+        seg = -(-step // seg_steps)
         assert re.search(rf"input: resources/demo/model, results/train/segments/{seg}\.json\n\s+output: "
                          rf"results/serve/steps/{step}/triton_repo", steps), steps[-3000:]
     assert len(re.findall(r"\bruntime=30\b", dry.stdout + dry.stderr)) == 3, dry.stdout[-3000:]
     snakemake(work, "results/train/adapter", "--configfile", str(path))
-    for seg, end in ((1, 10), (2, 20)):
+    for seg, end in ((1, seg_steps), (2, 2 * seg_steps)):
         assert json.loads((work / f"results/train/segments/{seg}.json").read_text())["segment_end"] == end
-        assert f"segment: training to step {end} of 30" in (work / f"logs/train_segment/{seg}.log").read_text()
-    assert "(step 20, " in (work / "logs/train.log").read_text()
+        assert f"segment: training to step {end} of {MAX_STEPS}" in (work / f"logs/train_segment/{seg}.log").read_text()
+    assert f"(step {2 * seg_steps}, " in (work / "logs/train.log").read_text()
     a = load_file(work / "results/train/adapter/adapter_model.safetensors")
     b = load_file(demo_run / "results/train/adapter/adapter_model.safetensors")
     assert a.keys() == b.keys() and a
     for key in a:
         assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     ours, ref = ((root / "results/train/metrics.csv").read_text().splitlines() for root in (work, demo_run))
-    assert len(ours) == len(ref) == 31
+    assert len(ours) == len(ref) == MAX_STEPS + 1
     assert [row.split(",")[0] for row in ours] == [row.split(",")[0] for row in ref]
     for mine, theirs in zip(ours[1:], ref[1:]):
         assert abs(float(mine.split(",")[1]) - float(theirs.split(",")[1])) < 1e-4, (mine, theirs)
@@ -144,25 +149,25 @@ def test_changed_evaluation_steps_retrain_nothing(demo_run):
     adapter training does not keep (not a multiple of train.adapter_every) is a config error naming
     both keys, before anything runs."""
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    cfg["evaluate"]["steps"] = [20]
+    cfg["evaluate"]["steps"] = EVAL_STEPS[-1:]
     path = demo_run / "one_step.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert planned(snakemake(demo_run, "-n", "--configfile", str(path))) == {"eval_report": 1, "all": 1}
-    cfg["evaluate"]["steps"] = [15, 20]
+    cfg["evaluate"]["steps"] = [ADAPTER_EVERY + 1, *EVAL_STEPS]
     path.write_text(yaml.safe_dump(cfg))
     bad = snakemake(demo_run, "-n", "--configfile", str(path), check=False)
     assert bad.returncode != 0
     out = bad.stdout + bad.stderr
-    assert "evaluate.steps [15]" in out and "train.adapter_every (10)" in out, out[-2000:]
+    assert f"evaluate.steps [{ADAPTER_EVERY + 1}]" in out and f"train.adapter_every ({ADAPTER_EVERY})" in out, out[-2000:]
 
 
 def test_accuracy_against_training_step(demo_run):
-    """evaluate.steps [10, 20]: the adapters training kept at those steps were deployed and evaluated
-    on every benchmark and mode; steps.csv and steps.png put them beside the final adapter (step 30)
+    """evaluate.steps: the adapters training kept at those steps were deployed and evaluated on every
+    benchmark and mode; steps.csv and steps.png put them beside the final adapter (train.max_steps)
     and the base model's reference values."""
     import pandas as pd
 
-    for step in (10, 20):
+    for step in EVAL_STEPS:
         kept = demo_run / f"results/train/snapshots/step-{step:07d}"
         assert (kept / "adapter_config.json").is_file() and (kept / "adapter_model.safetensors").is_file()
         pbtxt = (demo_run / f"results/serve/steps/{step}/triton_repo/reasonflow/config.pbtxt").read_text()
@@ -171,12 +176,13 @@ def test_accuracy_against_training_step(demo_run):
     summary = pd.read_csv(demo_run / "results/eval/summary.csv").set_index(["model", "benchmark", "mode"])
     assert set(summary.index.get_level_values("model")) == {"base", "adapter"}  # the steps have their own table
     for (bench, mode), g in curve.groupby(["benchmark", "mode"]):
-        assert list(g["step"]) == [10, 20, 30] and list(g["model"]) == ["step-10", "step-20", "adapter"]
+        assert list(g["step"]) == [*EVAL_STEPS, MAX_STEPS]
+        assert list(g["model"]) == [*(f"step-{s}" for s in EVAL_STEPS), "adapter"]
         final = g[g["model"] == "adapter"].iloc[0]
         assert final["accuracy"] == summary.loc[("adapter", bench, mode), "accuracy"]
         assert (g["baseline_accuracy"] == summary.loc[("base", bench, mode), "accuracy"]).all()
         assert (g["n"] > 0).all()
-    assert len(curve) == 3 * 6
+    assert len(curve) == (len(EVAL_STEPS) + 1) * 6
     assert (demo_run / "results/eval/steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -259,7 +265,7 @@ def test_real_config_decontaminates_against_the_prepared_benchmarks(tmp_path):
 
 def test_changed_shard_size_replans_the_split(demo_run):
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    cfg["data"]["shard_mb"] = 2
+    cfg["data"]["shard_mb"] = 4
     path = demo_run / "bigger_shards.yaml"
     path.write_text(yaml.safe_dump(cfg))
     jobs = planned(snakemake(demo_run, "-n", "--configfile", str(path)))
@@ -308,6 +314,26 @@ def test_slurm_profile_with_unset_variables_stops_before_submitting(tmp_path):
     assert ok.returncode == 0 and "nothing was submitted" not in ok.stdout + ok.stderr, ok.stderr[-2000:]
 
 
+def test_slurm_profile_asks_for_train_gpus_gpus(tmp_path):
+    """train.gpus reaches the Slurm job of `train` (and of each train_segment): gpu=N (sbatch --gpus=h100:N)."""
+    for name in ("config", "resources"):
+        (tmp_path / name).symlink_to(REPO / name)
+    env = {**os.environ, "RF_CPU_PARTITION": "cpu", "RF_GPU_PARTITION": "gpu", "RF_SLURM_ACCOUNT": "acct"}
+    for gpus in (1, 4):
+        cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+        cfg["train"].update(gpus=gpus, segment_steps=MAX_STEPS // 2)
+        (tmp_path / "g.yaml").write_text(yaml.safe_dump(cfg))
+        proc = subprocess.run([str(BIN / "snakemake"), "results/train/adapter", "-s", str(REPO / "Snakefile"), "-d",
+                               str(tmp_path), "--profile", str(REPO / "profiles/slurm"), "-n", "--configfile",
+                               str(tmp_path / "g.yaml")],
+                              capture_output=True, text=True, timeout=300, env=env)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-2000:]
+        for rule in ("train_segment", "train"):
+            job = out.split(f"\nrule {rule}:", 1)[1].split("\n\n", 1)[0]
+            assert f"gpu={gpus}," in job and "gpu_model=h100" in job, job
+
+
 def test_lint_and_format_are_clean():
     lint = subprocess.run([str(BIN / "snakemake"), "--lint", "-s", str(REPO / "Snakefile"), "-d", str(REPO)],
                           capture_output=True, text=True, cwd=REPO)
@@ -339,6 +365,28 @@ def test_evaluation_outputs(demo_run):
     # the servers were stopped by the evaluation jobs: no tritonserver is left running from this workdir
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(demo_run) not in ps
+
+
+def test_the_demo_adapter_learned_what_its_base_cannot(demo_run):
+    """The demo shows a working pipeline, not zeros: on every benchmark, in both reasoning modes, the
+    random base gives (almost) no parseable answer and the adapter (almost) always one, and on the
+    demo MMLU file the adapter beats chance (0.25) by three standard errors: its own and the one
+    chance itself would have on that many items. A dropped adapter or a chat template that differs
+    between training and serving fails here."""
+    import math
+
+    import pandas as pd
+
+    s = pd.read_csv(demo_run / "results/eval/summary.csv").set_index(["model", "benchmark", "mode"])
+    for bench in ("mmlu", "gpqa_diamond", "gpqa_main"):
+        for mode in ("on", "off"):
+            base, adapter = s.loc[("base", bench, mode)], s.loc[("adapter", bench, mode)]
+            assert base["no_answer_rate"] >= 0.90, (bench, mode, base.to_dict())
+            assert adapter["no_answer_rate"] <= 0.10, (bench, mode, adapter.to_dict())
+    for mode in ("on", "off"):
+        mmlu = s.loc[("adapter", "mmlu", mode)]
+        chance_se = math.sqrt(0.25 * 0.75 / mmlu["n"])
+        assert mmlu["accuracy"] - 0.25 >= 3 * max(mmlu["stderr"], chance_se), (mode, mmlu.to_dict())
 
 
 def test_reordered_config_keys_plan_nothing(demo_run):
