@@ -96,7 +96,7 @@ def test_changed_learning_rate_plans_training_only(demo_run):
 
 
 def test_segmented_training_runs_as_chained_jobs_and_ends_with_the_one_job_adapter(demo_run, tmp_path):
-    """train.segment_steps a third of the demo's steps: the DAG shows train_segment 1 and 2 before
+    """train.segment_steps a third of the demo's steps (rounded up): the DAG shows train_segment 1 and 2 before
     train, each job asking train.max_job_hours of runtime; run for real in a copy of the demo run,
     the chain ends with the adapter and loss curve of the demo's one-job training."""
     from safetensors.torch import load_file
@@ -104,7 +104,7 @@ def test_segmented_training_runs_as_chained_jobs_and_ends_with_the_one_job_adapt
 
     work = copy_run(demo_run, tmp_path / "seg")
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    seg_steps = MAX_STEPS // 3
+    seg_steps = -(-MAX_STEPS // 3)  # rounded up: two segments, then train
     cfg["train"].update(segment_steps=seg_steps, max_job_hours=0.5)
     path = work / "segments.yaml"
     path.write_text(yaml.safe_dump(cfg))
