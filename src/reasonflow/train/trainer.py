@@ -493,13 +493,18 @@ def _memory_mb(dev: torch.device) -> float:
 
 
 def read_metrics(path: str, upto: int) -> list[dict]:
-    """Rows of ``metrics.csv`` up to step ``upto`` (empty cells, as older files have them, read as nan)."""
+    """Rows of ``metrics.csv`` up to step ``upto``. Empty cells (older files) and ``nan`` (what the NeMo
+    backend does not measure) read as nan; counts stay integers (8, not 8.0, when written back)."""
     if not os.path.exists(path):
         return []
-    counts = ("step", "samples", "tokens")  # written back as they were: 8, not 8.0, after a resume
+    counts = ("step", "samples", "tokens")
+
+    def value(key: str, cell: str) -> float | int:
+        x = float(cell) if cell != "" else math.nan
+        return int(x) if key in counts and math.isfinite(x) else x
+
     with open(path, newline="") as fh:
-        return [{k: int(float(v)) if k in counts and v != "" else float(v) if v != "" else math.nan
-                 for k, v in r.items()} for r in csv.DictReader(fh) if int(r["step"]) <= upto]
+        return [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(fh) if int(r["step"]) <= upto]
 
 
 def write_metrics(path: str, rows: list[dict]) -> None:
