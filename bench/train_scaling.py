@@ -98,6 +98,8 @@ def main() -> None:
         return worker(args)
     import torch
 
+    from reasonflow.train import distributed
+
     counts = [int(x) for x in args.gpus.split(",")]
     if not args.tiny:
         have = torch.cuda.device_count()
@@ -109,9 +111,8 @@ def main() -> None:
     for n in counts:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
             result = fh.name
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={n}",
-               os.path.abspath(__file__), "--worker", "--result", result, "--global-batch", str(args.global_batch),
-               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        cmd = [*distributed.torchrun(n), os.path.abspath(__file__), "--worker", "--result", result,
+               "--global-batch", str(args.global_batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
         cmd += ["--tiny"] * args.tiny + ["--no-compile"] * args.no_compile
         env = {**NVLS_OFF, **os.environ}
         if args.tiny:

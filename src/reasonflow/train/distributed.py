@@ -75,7 +75,7 @@ class DataParallel:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        self.dist = dist
+        self.dist, self.device = dist, device
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         module = _StepLoss(model, device, settings)
         # frozen base weights and buffers are identical on every rank (same checkpoint): neither broadcast
@@ -86,24 +86,24 @@ class DataParallel:
         self.ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
                        gradient_as_bucket_view=True)
 
-    def backward(self, batches: list[dict], num_items: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    def backward(self, batches: list[dict], num_items: int) -> torch.Tensor:
         """Forward and backward of this rank's share of ``batches``; gradients summed over the ranks.
-        Returns the step's loss (all ranks) and its real tokens (all micro-batches)."""
+        Returns the step's loss (all ranks)."""
         mine = share([b["real_tokens"] for b in batches], self.world)[self.rank]
         # a rank without a micro-batch still joins the gradient all-reduce: any batch, weight zero
         work = [(batches[i], 1.0) for i in mine] or [(batches[0], 0.0)]
-        total = torch.zeros((), device=device)
+        total = torch.zeros((), device=self.device)
         for k, (batch, weight) in enumerate(work):
             with self.ddp.no_sync() if k < len(work) - 1 else nullcontext():
                 loss = self.ddp(batch, num_items)
                 (loss * (weight * self.world)).backward()  # DDP averages: the world size makes it a sum
             total += loss.detach() * weight
         self.dist.all_reduce(total)
-        return total, sum(b["real_tokens"] for b in batches)
+        return total
 
     def agree(self, value: int) -> int:
         """The largest of the ranks' ``value`` (a stop reason's index), on every rank."""
-        t = torch.tensor([value], device=next(self.ddp.parameters()).device)
+        t = torch.tensor([value], device=self.device)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
         return int(t.item())
 
@@ -124,6 +124,12 @@ def init(device: str | None) -> tuple[torch.device, bool]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return (torch.device("cuda", local) if cuda else torch.device("cpu")), True
+
+
+def torchrun(n: int) -> list[str]:
+    """The launcher's command prefix: torchrun with ``n`` processes on this node (append the module
+    (``-m name``) or script and its arguments)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={n}"]
 
 
 def run(base: str, training: str, settings, out_adapter: str | None, out_metrics: str, ckpt_root: str,
@@ -150,8 +156,7 @@ def run(base: str, training: str, settings, out_adapter: str | None, out_metrics
                         ("--device", device), ("--snapshots", snapshots)):
         if value:
             args += [flag, value]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={n}",
-           "-m", "reasonflow.train", *args]
+    cmd = [*torchrun(n), "-m", "reasonflow.train", *args]
     # torchrun would give each worker one CPU thread: share the job's threads instead
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (threads or os.cpu_count() or 1) // n))}
     print(f"data parallel: {n} processes ({'NCCL' if torch.cuda.is_available() else 'gloo'}): {' '.join(cmd[:7])} ...",

@@ -170,20 +170,20 @@ def train_step(model, params, optimizer, scheduler, examples: list[Example], set
     batches = micro_batches(examples, settings, pad_id)
     num_items = sum(1 for e in examples for t in e.labels if t != IGNORE)
     if dp is not None:
-        total, tokens = dp.backward(batches, num_items, device)
+        total = dp.backward(batches, num_items)
     else:
         total = torch.zeros((), device=device)
         for batch in batches:
             loss = forward_loss(model, batch, num_items, device, settings)
             loss.backward()
             total += loss.detach()
-        tokens = sum(b["real_tokens"] for b in batches)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
     lr = scheduler.get_last_lr()[0]  # the rate this step uses
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": total.item(), "grad_norm": grad_norm.item(), "lr": lr, "tokens": tokens, "rows": len(batches)}
+    return {"loss": total.item(), "grad_norm": grad_norm.item(), "lr": lr,
+            "tokens": sum(b["real_tokens"] for b in batches), "rows": len(batches)}
 
 
 def checkpoint_root(parent, base: str, training: str, settings: TrainSettings) -> Path:
