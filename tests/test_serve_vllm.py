@@ -39,7 +39,8 @@ def repo(demo_dir, lora_adapter, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("vllm_repo")
     settings = {"name": "reasonflow", "engine": "vllm", "max_model_len": CONTEXT,
-                "vllm": {"dtype": "float32", "enforce_eager": True, "engine_args": {"max_num_seqs": 64, "seed": 0},
+                "vllm": {"dtype": "float32", "enforce_eager": True,
+                         "engine_args": {"max_num_seqs": 64, "max_num_batched_tokens": CONTEXT, "seed": 0},
                          "env": {"VLLM_CPU_KVCACHE_SPACE": 1}}}
     deploy(demo_dir / "model", lora_adapter, tmp / "triton", None, settings)
     return tmp / "triton"
@@ -142,6 +143,25 @@ def test_seeded_request_is_the_same_alone_and_in_a_32_request_batch(client):
     assert answers[15] == alone
     assert len(set(answers)) > 16  # different seeds and prompts, different samples
     assert ask({**probe, "seed": 99}) != alone or ask({**probe, "seed": 7}) != alone
+
+
+def test_seeded_prompts_beyond_one_steps_token_budget_keep_the_cpu_engine_alive(client):
+    """Sixteen ~670-token prompts in flight at once; two of them exceed the server's budget of CONTEXT tokens
+    a step. With chunked prefill vllm-cpu would split one across steps and die rewinding its seeded
+    generator ("CPU Generator does not use offset"). Each prompt is prefilled whole, and a seeded answer
+    is the same alone and in the crowd."""
+    filler = " ".join(f"word{i % 50}" for i in range(300))
+
+    def ask(i):
+        # the number first: no two prompts share a cached prefix block
+        return _chat(client, "lora", f"Question {i}? {filler}", max_tokens=24, temperature=1.0, seed=i)
+
+    alone = ask(3)
+    assert CONTEXT // 2 < alone.usage.prompt_tokens < CONTEXT - 24
+    with cf.ThreadPoolExecutor(16) as ex:
+        crowd = list(ex.map(ask, range(16)))
+    assert _text(crowd[3]) == _text(alone)
+    assert all(a.usage.completion_tokens > 0 for a in crowd)
 
 
 def test_32_concurrent_requests_overlap_in_the_engine(server, client):

