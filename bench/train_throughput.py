@@ -14,6 +14,7 @@ optimizer step per global batch. In one run and on the same batches:
 
     python bench/train_throughput.py                 # one H100/H200, ~5 min (all levers: ~7 min)
     python bench/train_throughput.py --kernels fa2,fa4   # only `optimized`, once per varlen kernel
+    python bench/train_throughput.py --kernels fa4 --lora addmm,inplace   # ... and per fused-LoRA form
     python bench/train_throughput.py --tiny          # CPU smoke run of the same code
 
 ``--kernels`` measures the optimized path side by side with each varlen attention kernel
@@ -98,6 +99,8 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated variant names to skip")
     ap.add_argument("--max-mem-gib", type=float, default=75.0)
     ap.add_argument("--budget-s", type=float, default=480, help="skip intermediate levers past 60%% of this")
+    ap.add_argument("--lora", default="", help="with --kernels: comma-separated fused-LoRA forms (inplace: the "
+                    "lora_linear op, addmm: the previous addmm after the base layer), each measured side by side")
     ap.add_argument("--kernels", default="", help="comma-separated varlen kernels (fa2, fa4): measure only the "
                                                   "optimized path, once per kernel, in this order")
     args = ap.parse_args()
@@ -230,17 +233,22 @@ def main() -> None:
 
         opt_settings = dataclasses.replace(base, checkpoint_layers=int(args.checkpoint_layers.split(",")[0]),
                                            compile_layers=dev.type == "cuda")
+        modes = args.lora.split(",") if args.lora else [""]
         for name in args.kernels.split(","):
             os.environ[fast.KERNELS_ENV] = name
-            check(model, f"{'tiny' if args.tiny else 'llama-3.1-8b'}/{name}")
-            measure(f"optimized/{name}", opt_settings, args.steps)
+            for mode in modes:
+                fast.INPLACE_LORA = mode != "addmm"
+                label = f"{name}/{mode}" if mode else name
+                check(model, f"{'tiny' if args.tiny else 'llama-3.1-8b'}/{label}")
+                measure(f"optimized/{label}", opt_settings, args.steps)
         os.environ.pop(fast.KERNELS_ENV)
+        fast.INPLACE_LORA = True
     else:
         sweep(measure, plain, args)
 
     # -- 4. summary --------------------------------------------------------------------------------
     ok = [r for r in results["variants"] if "error" not in r]
-    p = next((r for r in ok if r["variant"] in ("plain", "optimized/fa2")), None)
+    p = next((r for r in ok if r["variant"] == "plain" or r["variant"].startswith("optimized/")), None)  # the first
     print(f"\n{'variant':<22}{'tok/s':>9}{'MFU 6N':>8}{'MFU 4N':>8}{'peak GiB':>10}{'x ' + (p or {}).get('variant', 'plain'):>18}")
     for r in results["variants"]:
         if "error" in r:

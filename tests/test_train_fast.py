@@ -118,6 +118,40 @@ def test_compiled_kernels_equal_eager_ones():
         fast.use_compiled_kernels([])
 
 
+@pytest.mark.parametrize("dropout", [False, True])
+def test_in_place_lora_ops_give_autograds_values_and_gradients(dropout):
+    """``lora_linear`` (+ its backward op) against autograd on ``y = x·Wᵀ + s·(x_d·Aᵀ)·Bᵀ`` (``x_d``: the
+    dropped-out input): eager in float64, compiled whole in float32; an input without grad gets none."""
+    gen = torch.Generator().manual_seed(0)
+    x0, w = torch.randn(37, 48, generator=gen, dtype=torch.float64), torch.randn(40, 48, generator=gen,
+                                                                                     dtype=torch.float64)
+    a0, b0 = torch.randn(8, 48, generator=gen, dtype=torch.float64), torch.randn(40, 8, generator=gen,
+                                                                                     dtype=torch.float64)
+    mask = (torch.rand(37, 48, generator=gen, dtype=torch.float64) > 0.3) * 1.4
+
+    def run(fn, dtype, x_grad=True):
+        x, a, b = (t.to(dtype, copy=True).requires_grad_(g) for t, g in ((x0, x_grad), (a0, True), (b0, True)))
+        y = fn(x, w.to(dtype), a, b, mask.to(dtype))
+        y.backward(torch.cos(y.detach()))
+        return y.detach(), [t.grad for t in (x, a, b)]
+
+    def fused(x, w, a, b, m):
+        return fast.lora_linear(torch.tanh(x), w, a, b, 0.7, torch.tanh(x) * m if dropout else None)[0]
+
+    def reference(x, w, a, b, m):
+        h = torch.tanh(x)
+        return h @ w.t() + 0.7 * ((h * m if dropout else h) @ a.t()) @ b.t()
+
+    for dtype, f, tol in ((torch.float64, fused, 1e-12), (torch.float32, torch.compile(fused, fullgraph=True), 1e-4)):
+        for x_grad in (True, False):
+            (y, grads), (y_ref, grads_ref) = run(f, dtype, x_grad), run(reference, dtype, x_grad)
+            torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+            assert (grads[0] is None) == (not x_grad)
+            for g, r in zip(grads, grads_ref):
+                if r is not None:
+                    torch.testing.assert_close(g, r, rtol=tol, atol=tol)
+
+
 def test_varlen_kernel_absent_on_cpu_takes_logged_fallback(capsys):
     cpu = torch.device("cpu")
     assert fast.varlen_backend(cpu) == "sdpa-per-sample"

@@ -17,8 +17,9 @@ measured one by one by ``bench/train_throughput.py`` (notes in ``bench/TRAINING_
   only, in chunks, and the gradient with respect to the hidden states is formed
   in the forward pass, so fp32 logits of the whole row never exist.
 - ``fused_lora``: the adapter runs in the activations' dtype (bf16 on GPU) with
-  fp32 master weights, and ``B·A·x`` is accumulated into the base output by one
-  ``addmm`` instead of PEFT's fp32 matmuls, scale and add.
+  fp32 master weights, and ``B·A·x`` is accumulated into the base output in place by
+  one ``addmm_`` (custom op :func:`lora_linear`, also in the backward for the input
+  gradient) instead of PEFT's fp32 matmuls, scale and add.
 - ``fused_norm_mlp``: RMSNorm and SwiGLU as autograd functions that save only
   their inputs (bf16) instead of fp32 copies and intermediates; with
   ``compile_kernels`` their forward and backward bodies are compiled by
@@ -354,8 +355,74 @@ def _mlp_forward(self, x):
 
 # -- fused LoRA -------------------------------------------------------------------------------------
 
+INPLACE_LORA = True  # False: the previous form, addmm after the base layer (bench/train_throughput.py --lora)
+
+
+@torch.library.custom_op("reasonflow::lora_linear", mutates_args=())
+def lora_linear(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float,
+                x_drop: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, a)`` for 2-D ``x``: ``a = x_drop·Aᵀ`` and ``y = x·Wᵀ + scale·a·Bᵀ`` (``x_drop``: the adapter's
+    input after dropout, None for none), the adapter term added in place into the base GEMM's output.
+
+    One op, opaque to ``torch.compile``, because the compiler lowers ``addmm(y, a, b)`` to a copy of
+    ``y`` followed by the GEMM: a full extra pass over every LoRA layer's output (2.7% of the 8B step).
+    The frozen ``weight`` gets no gradient.
+    """
+    a = (x if x_drop is None else x_drop) @ lora_a.t()
+    return (x @ weight.t()).addmm_(a, lora_b.t(), alpha=scale), a
+
+
+@lora_linear.register_fake
+def _(x, weight, lora_a, lora_b, scale, x_drop):
+    return x.new_empty(x.shape[0], weight.shape[0]), x.new_empty(x.shape[0], lora_a.shape[0])
+
+
+@torch.library.custom_op("reasonflow::lora_linear_bwd", mutates_args=())
+def lora_linear_bwd(grad_y: torch.Tensor, x_in: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor,
+                    lora_b: torch.Tensor, a: torch.Tensor, scale: float, need_x: bool,
+                    dropped: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`lora_linear`: ``(x, x_drop, A, B)``; ``x`` and ``x_drop`` are empty where not needed.
+
+    An op of its own for the same reason as the forward: traced, ``addmm_`` would become a copy and
+    an ``addmm``. Without dropout both paths' input gradients go into one buffer.
+    """
+    grad_a = (grad_y @ lora_b).mul_(scale)
+    grad_lora_a, grad_lora_b = grad_a.t() @ x_in, (grad_y.t() @ a).mul_(scale)
+    grad_x, grad_drop = grad_y.new_empty(0), grad_y.new_empty(0)  # distinct: outputs may not alias
+    if need_x and dropped:
+        grad_x, grad_drop = grad_y @ weight, grad_a @ lora_a
+    elif need_x:
+        grad_x = (grad_y @ weight).addmm_(grad_a, lora_a)
+    return grad_x, grad_drop, grad_lora_a, grad_lora_b
+
+
+@lora_linear_bwd.register_fake
+def _(grad_y, x_in, weight, lora_a, lora_b, a, scale, need_x, dropped):
+    grad_x = grad_y.new_empty(grad_y.shape[0], weight.shape[1]) if need_x else grad_y.new_empty(0)
+    grad_drop = grad_y.new_empty(grad_y.shape[0], weight.shape[1]) if need_x and dropped else grad_y.new_empty(0)
+    return grad_x, grad_drop, lora_a.new_empty(lora_a.shape), lora_b.new_empty(lora_b.shape)
+
+
+def _lora_linear_setup(ctx, inputs, output):
+    x, weight, lora_a, lora_b, scale, x_drop = inputs
+    ctx.save_for_backward(x if x_drop is None else x_drop, weight, lora_a, lora_b, output[1])
+    ctx.scale, ctx.dropped = scale, x_drop is not None
+    ctx.mark_non_differentiable(output[1])
+
+
+def _lora_linear_backward(ctx, grad_y, _grad_a):
+    need_x = ctx.needs_input_grad[0] or (ctx.dropped and ctx.needs_input_grad[5])
+    grad_x, grad_drop, grad_lora_a, grad_lora_b = lora_linear_bwd(grad_y, *ctx.saved_tensors, ctx.scale, need_x,
+                                                                  ctx.dropped)
+    return (grad_x if need_x else None), None, grad_lora_a, grad_lora_b, None, \
+        (grad_drop if need_x and ctx.dropped else None)
+
+
+lora_linear.register_autograd(_lora_linear_backward, setup_context=_lora_linear_setup)
+
+
 def _lora_forward(self, x, *args, **kwargs):
-    """y = W x + s · B (A x), adapter in the activations' dtype, accumulated by one addmm."""
+    """y = W x + s · B (A x), adapter in the activations' dtype, added into the base output in place."""
     if self.disable_adapters or self.merged or args or kwargs or len(self.active_adapters) != 1 \
             or self.active_adapters[0] in getattr(self, "lora_variant", {}):
         return type(self).forward(self, x, *args, **kwargs)
@@ -363,11 +430,19 @@ def _lora_forward(self, x, *args, **kwargs):
     if name not in self.lora_A:
         return self.base_layer(x)
     dropout = self.lora_dropout[name]
-    a = F.linear(dropout(x), self.lora_A[name].weight.to(x.dtype))
-    y = self.base_layer(x)
+    x_drop = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
+    lora_a, lora_b = self.lora_A[name].weight.to(x.dtype), self.lora_B[name].weight.to(x.dtype)
+    base = self.base_layer
+    if INPLACE_LORA and type(base) is torch.nn.Linear and base.bias is None and base.weight.dtype == x.dtype \
+            and not base.weight.requires_grad:
+        flat = x.reshape(-1, x.shape[-1])
+        y, _ = lora_linear(flat, base.weight, lora_a, lora_b, float(self.scaling[name]),
+                           None if x_drop is None else x_drop.reshape(flat.shape))
+        return y.view(*x.shape[:-1], y.shape[-1])
+    a = F.linear(x if x_drop is None else x_drop, lora_a)  # other base layers: one addmm after the base
+    y = base(x)
     shape = y.shape
-    b = self.lora_B[name].weight.to(x.dtype)
-    y = torch.addmm(y.reshape(-1, shape[-1]), a.reshape(-1, a.shape[-1]), b.t(), alpha=self.scaling[name])
+    y = torch.addmm(y.reshape(-1, shape[-1]), a.reshape(-1, a.shape[-1]), lora_b.t(), alpha=self.scaling[name])
     return y.view(shape)
 
 
