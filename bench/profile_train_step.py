@@ -74,7 +74,7 @@ def who(prof, substring: str, busy: float, top: int) -> None:
             continue
         chain, shapes, e = [], "", ev
         while e is not None and len(chain) < 6:
-            if e.name.startswith(("cuda", "cu")) and not chain:  # the runtime call: name its caller instead
+            if e.name.startswith("cu") and not chain:  # the runtime call (cudaMemcpyAsync, cuLaunch…): its caller
                 e = e.cpu_parent
                 continue
             if not shapes and e.input_shapes:
