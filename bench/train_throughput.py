@@ -14,7 +14,7 @@ optimizer step per global batch. In one run and on the same batches:
 
     python bench/train_throughput.py                 # one H100/H200, ~5 min (all levers: ~7 min)
     python bench/train_throughput.py --kernels fa2,fa4   # only `optimized`, once per varlen kernel
-    python bench/train_throughput.py --kernels fa4 --lora addmm,inplace   # ... and per fused-LoRA form
+    python bench/train_throughput.py --kernels fa4 --lora inplace,first   # ... and per fused-LoRA form
     python bench/train_throughput.py --tiny          # CPU smoke run of the same code
 
 ``--kernels`` measures the optimized path side by side with each varlen attention kernel
@@ -99,8 +99,9 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated variant names to skip")
     ap.add_argument("--max-mem-gib", type=float, default=75.0)
     ap.add_argument("--budget-s", type=float, default=480, help="skip intermediate levers past 60%% of this")
-    ap.add_argument("--lora", default="", help="with --kernels: comma-separated fused-LoRA forms (inplace: the "
-                    "lora_linear op, addmm: the previous addmm after the base layer), each measured side by side")
+    ap.add_argument("--lora", default="", help="with --kernels: comma-separated fused-LoRA forms (first: the lora_linear "
+                    "op, adapter term first and the base GEMM adding onto it; inplace: the op, base GEMM first; addmm: "
+                    "one addmm after the base layer), each measured side by side")
     ap.add_argument("--kernels", default="", help="comma-separated varlen kernels (fa2, fa4): measure only the "
                                                   "optimized path, once per kernel, in this order")
     args = ap.parse_args()
@@ -237,12 +238,14 @@ def main() -> None:
         for name in args.kernels.split(","):
             os.environ[fast.KERNELS_ENV] = name
             for mode in modes:
-                fast.INPLACE_LORA = mode != "addmm"
+                if mode and mode not in fast.LORA_FORMS:
+                    raise SystemExit(f"--lora: unknown form {mode!r}; known: {', '.join(fast.LORA_FORMS)}")
+                fast.LORA_FORM = mode or fast.LORA_FORMS[0]
                 label = f"{name}/{mode}" if mode else name
                 check(model, f"{'tiny' if args.tiny else 'llama-3.1-8b'}/{label}")
                 measure(f"optimized/{label}", opt_settings, args.steps)
         os.environ.pop(fast.KERNELS_ENV)
-        fast.INPLACE_LORA = True
+        fast.LORA_FORM = fast.LORA_FORMS[0]
     else:
         sweep(measure, plain, args)
 

@@ -118,10 +118,13 @@ def test_compiled_kernels_equal_eager_ones():
         fast.use_compiled_kernels([])
 
 
+@pytest.mark.parametrize("form", ["first", "inplace"])
 @pytest.mark.parametrize("dropout", [False, True])
-def test_in_place_lora_ops_give_autograds_values_and_gradients(dropout):
+def test_in_place_lora_ops_give_autograds_values_and_gradients(dropout, form, monkeypatch):
     """``lora_linear`` (+ its backward op) against autograd on ``y = x·Wᵀ + s·(x_d·Aᵀ)·Bᵀ`` (``x_d``: the
-    dropped-out input): eager in float64, compiled whole in float32; an input without grad gets none."""
+    dropped-out input), in both orders of the two GEMMs: eager in float64, compiled whole in float32; an
+    input without grad gets none."""
+    monkeypatch.setattr(fast, "LORA_FORM", form)
     gen = torch.Generator().manual_seed(0)
     x0, w = torch.randn(37, 48, generator=gen, dtype=torch.float64), torch.randn(40, 48, generator=gen,
                                                                                      dtype=torch.float64)

@@ -355,7 +355,11 @@ def _mlp_forward(self, x):
 
 # -- fused LoRA -------------------------------------------------------------------------------------
 
-INPLACE_LORA = True  # False: the previous form, addmm after the base layer (bench/train_throughput.py --lora)
+LORA_FORMS = ("first", "inplace", "addmm")
+# "first": the adapter's product is written first and the base GEMM accumulates onto it (beta = 1);
+# "inplace": the base GEMM first, the adapter's GEMM adds into it; "addmm": no op, one addmm after the
+# base layer. bench/train_throughput.py --lora measures them side by side.
+LORA_FORM = "first"
 
 
 @torch.library.custom_op("reasonflow::lora_linear", mutates_args=())
@@ -366,10 +370,14 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lor
 
     One op, opaque to ``torch.compile``, because the compiler lowers ``addmm(y, a, b)`` to a copy of
     ``y`` followed by the GEMM: a full extra pass over every LoRA layer's output (2.7% of the 8B step).
-    The frozen ``weight`` gets no gradient.
+    The rank-r product ``scale·a·Bᵀ`` is written first and the base GEMM adds onto it in its epilogue
+    (``beta = 1``), so the output is written once by a memory-bound kernel instead of read and written
+    by one. The frozen ``weight`` gets no gradient.
     """
     a = (x if x_drop is None else x_drop) @ lora_a.t()
-    return (x @ weight.t()).addmm_(a, lora_b.t(), alpha=scale), a
+    if LORA_FORM == "inplace":
+        return (x @ weight.t()).addmm_(a, lora_b.t(), alpha=scale), a
+    return (a @ (lora_b * scale).t()).addmm_(x, weight.t()), a
 
 
 @lora_linear.register_fake
@@ -386,13 +394,15 @@ def lora_linear_bwd(grad_y: torch.Tensor, x_in: torch.Tensor, weight: torch.Tens
     An op of its own for the same reason as the forward: traced, ``addmm_`` would become a copy and
     an ``addmm``. Without dropout both paths' input gradients go into one buffer.
     """
-    grad_a = (grad_y @ lora_b).mul_(scale)
+    grad_a = grad_y @ (lora_b * scale)
     grad_lora_a, grad_lora_b = grad_a.t() @ x_in, (grad_y.t() @ a).mul_(scale)
     grad_x, grad_drop = grad_y.new_empty(0), grad_y.new_empty(0)  # distinct: outputs may not alias
     if need_x and dropped:
         grad_x, grad_drop = grad_y @ weight, grad_a @ lora_a
-    elif need_x:
+    elif need_x and LORA_FORM == "inplace":
         grad_x = (grad_y @ weight).addmm_(grad_a, lora_a)
+    elif need_x:  # as in the forward: the rank-r term first, the base GEMM accumulates onto it
+        grad_x = (grad_a @ lora_a).addmm_(grad_y, weight)
     return grad_x, grad_drop, grad_lora_a, grad_lora_b
 
 
@@ -433,7 +443,7 @@ def _lora_forward(self, x, *args, **kwargs):
     x_drop = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
     lora_a, lora_b = self.lora_A[name].weight.to(x.dtype), self.lora_B[name].weight.to(x.dtype)
     base = self.base_layer
-    if INPLACE_LORA and type(base) is torch.nn.Linear and base.bias is None and base.weight.dtype == x.dtype \
+    if LORA_FORM != "addmm" and type(base) is torch.nn.Linear and base.bias is None and base.weight.dtype == x.dtype \
             and not base.weight.requires_grad:
         flat = x.reshape(-1, x.shape[-1])
         y, _ = lora_linear(flat, base.weight, lora_a, lora_b, float(self.scaling[name]),
