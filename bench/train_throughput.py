@@ -14,7 +14,7 @@ optimizer step per global batch. In one run and on the same batches:
 
     python bench/train_throughput.py                 # one H100/H200, ~5 min (all levers: ~7 min)
     python bench/train_throughput.py --kernels fa2,fa4   # only `optimized`, once per varlen kernel
-    python bench/train_throughput.py --kernels fa4 --lora inplace,first   # ... and per fused-LoRA form
+    python bench/train_throughput.py --kernels fa4 --lora first,grouped   # ... and per fused-LoRA form
     python bench/train_throughput.py --tiny          # CPU smoke run of the same code
 
 ``--kernels`` measures the optimized path side by side with each varlen attention kernel
@@ -99,9 +99,9 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated variant names to skip")
     ap.add_argument("--max-mem-gib", type=float, default=75.0)
     ap.add_argument("--budget-s", type=float, default=480, help="skip intermediate levers past 60%% of this")
-    ap.add_argument("--lora", default="", help="with --kernels: comma-separated fused-LoRA forms (first: the lora_linear "
-                    "op, adapter term first and the base GEMM adding onto it; inplace: the op, base GEMM first; addmm: "
-                    "one addmm after the base layer), each measured side by side")
+    ap.add_argument("--lora", default="", help="with --kernels: comma-separated fused-LoRA forms (grouped: q/k/v and "
+                    "gate/up as one op each; first: one lora_linear op per layer; addmm: one addmm after the base "
+                    "layer), each measured side by side")
     ap.add_argument("--kernels", default="", help="comma-separated varlen kernels (fa2, fa4): measure only the "
                                                   "optimized path, once per kernel, in this order")
     args = ap.parse_args()

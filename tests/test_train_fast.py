@@ -118,13 +118,10 @@ def test_compiled_kernels_equal_eager_ones():
         fast.use_compiled_kernels([])
 
 
-@pytest.mark.parametrize("form", ["first", "inplace"])
 @pytest.mark.parametrize("dropout", [False, True])
-def test_in_place_lora_ops_give_autograds_values_and_gradients(dropout, form, monkeypatch):
+def test_in_place_lora_ops_give_autograds_values_and_gradients(dropout):
     """``lora_linear`` (+ its backward op) against autograd on ``y = x·Wᵀ + s·(x_d·Aᵀ)·Bᵀ`` (``x_d``: the
-    dropped-out input), in both orders of the two GEMMs: eager in float64, compiled whole in float32; an
-    input without grad gets none."""
-    monkeypatch.setattr(fast, "LORA_FORM", form)
+    dropped-out input): eager in float64, compiled whole in float32; an input without grad gets none."""
     gen = torch.Generator().manual_seed(0)
     x0, w = torch.randn(37, 48, generator=gen, dtype=torch.float64), torch.randn(40, 48, generator=gen,
                                                                                      dtype=torch.float64)
@@ -149,6 +146,43 @@ def test_in_place_lora_ops_give_autograds_values_and_gradients(dropout, form, mo
         for x_grad in (True, False):
             (y, grads), (y_ref, grads_ref) = run(f, dtype, x_grad), run(reference, dtype, x_grad)
             torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+            assert (grads[0] is None) == (not x_grad)
+            for g, r in zip(grads, grads_ref):
+                if r is not None:
+                    torch.testing.assert_close(g, r, rtol=tol, atol=tol)
+
+
+def test_grouped_lora_op_gives_autograds_values_and_gradients():
+    """``lora_linear_group`` (three layers of different widths and ranks reading one input, as q/k/v)
+    against autograd on each ``y_i = x·W_iᵀ + s_i·(x·A_iᵀ)·B_iᵀ``: eager in float64, compiled whole in
+    float32; an input without grad gets none."""
+    gen = torch.Generator().manual_seed(1)
+    shapes = ((40, 8), (16, 4), (16, 8))  # (out, rank) of each layer
+    x0 = torch.randn(29, 48, generator=gen, dtype=torch.float64)
+    ws = [torch.randn(o, 48, generator=gen, dtype=torch.float64) for o, _ in shapes]
+    as0 = [torch.randn(r, 48, generator=gen, dtype=torch.float64) for _, r in shapes]
+    bs0 = [torch.randn(o, r, generator=gen, dtype=torch.float64) for o, r in shapes]
+    scales = [0.7, 2.0, -0.3]
+
+    def run(fn, dtype, x_grad=True):
+        x = x0.to(dtype, copy=True).requires_grad_(x_grad)
+        lora_as, lora_bs = ([t.to(dtype, copy=True).requires_grad_() for t in ts] for ts in (as0, bs0))
+        ys = fn(torch.tanh(x), [w.to(dtype) for w in ws], lora_as, lora_bs)
+        torch.autograd.backward(ys, [torch.cos(y.detach()) for y in ys])
+        return [y.detach() for y in ys], [x.grad] + [t.grad for t in lora_as + lora_bs]
+
+    def grouped(h, ws, lora_as, lora_bs):
+        return fast.lora_linear_group(h, ws, torch.cat(lora_as), lora_bs, scales)[:-1]
+
+    def reference(h, ws, lora_as, lora_bs):
+        return [h @ w.t() + s * (h @ a.t()) @ b.t() for w, a, b, s in zip(ws, lora_as, lora_bs, scales)]
+
+    compiled = torch.compile(grouped, fullgraph=True)
+    for dtype, f, tol in ((torch.float64, grouped, 1e-12), (torch.float32, compiled, 1e-4)):
+        for x_grad in (True, False):
+            (ys, grads), (ys_ref, grads_ref) = run(f, dtype, x_grad), run(reference, dtype, x_grad)
+            for y, r in zip(ys, ys_ref):
+                torch.testing.assert_close(y, r, rtol=tol, atol=tol)
             assert (grads[0] is None) == (not x_grad)
             for g, r in zip(grads, grads_ref):
                 if r is not None:
@@ -260,6 +294,30 @@ def test_fast_path_equals_plain_path(tiny, precision):
         assert loss_f == pytest.approx(loss_p, rel=rel), change
         assert F.cosine_similarity(grad_p, grad_f, dim=0).item() > cos, change
     configure(model, base)  # undo the compile for the other tests
+
+
+@pytest.mark.slow
+def test_fused_lora_runs_q_k_v_and_gate_up_as_one_op_each(tiny):
+    """With the varlen path and ``fused_lora`` each decoder layer runs two grouped LoRA ops (q/k/v and
+    gate/up) and one single-layer op each for o and down; ``LORA_FORM = "first"`` runs seven single ones."""
+    model = tiny("fp32")
+    exs = _examples(lengths=(30, 50))
+    s = TrainSettings(precision="fp32", max_length=512, **LEVERS)
+    layers = model.get_base_model().config.num_hidden_layers
+
+    def ops(form):
+        old, fast.LORA_FORM = fast.LORA_FORM, form
+        try:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                _loss_and_grad(model, s, exs)
+        finally:
+            fast.LORA_FORM = old
+        return {e.key: e.count for e in prof.key_averages() if e.key.startswith("reasonflow::lora_linear")}
+
+    assert ops("grouped") == {"reasonflow::lora_linear_group": 2 * layers, "reasonflow::lora_linear_group_bwd":
+                              2 * layers, "reasonflow::lora_linear": 2 * layers, "reasonflow::lora_linear_bwd":
+                              2 * layers}
+    assert ops("first") == {"reasonflow::lora_linear": 7 * layers, "reasonflow::lora_linear_bwd": 7 * layers}
 
 
 @pytest.mark.slow

@@ -350,23 +350,27 @@ def _rmsnorm_forward(self, hidden_states):
 
 
 def _mlp_forward(self, x):
-    return self.down_proj(_SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
+    """SwiGLU MLP: gate and up through :func:`_project` (one op with ``fused_lora``), the product through
+    :class:`_SwiGLU` with ``fused_norm_mlp``."""
+    gate, up = _project(self, x, ("gate_proj", "up_proj"))
+    return self.down_proj(_SwiGLU.apply(gate, up) if self._rf_swiglu else self.act_fn(gate) * up)
 
 
 # -- fused LoRA -------------------------------------------------------------------------------------
 
-LORA_FORMS = ("first", "inplace", "addmm")
-# "first": the adapter's product is written first and the base GEMM accumulates onto it (beta = 1);
-# "inplace": the base GEMM first, the adapter's GEMM adds into it; "addmm": no op, one addmm after the
-# base layer. bench/train_throughput.py --lora measures them side by side.
-LORA_FORM = "first"
+LORA_FORMS = ("grouped", "first", "addmm")
+# "grouped": as "first", and the projections that read one input (q/k/v, gate/up) run as one op with one
+# A-GEMM; "first": one op per layer, the adapter's product written first and the base GEMM accumulating
+# onto it (beta = 1); "addmm": no op, one addmm after the base layer. bench/train_throughput.py --lora
+# measures them side by side.
+LORA_FORM = "grouped"
 
 
 @torch.library.custom_op("reasonflow::lora_linear", mutates_args=())
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float,
                 x_drop: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, a)`` for 2-D ``x``: ``a = x_drop·Aᵀ`` and ``y = x·Wᵀ + scale·a·Bᵀ`` (``x_drop``: the adapter's
-    input after dropout, None for none), the adapter term added in place into the base GEMM's output.
+    input after dropout, None for none).
 
     One op, opaque to ``torch.compile``, because the compiler lowers ``addmm(y, a, b)`` to a copy of
     ``y`` followed by the GEMM: a full extra pass over every LoRA layer's output (2.7% of the 8B step).
@@ -375,8 +379,6 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lor
     by one. The frozen ``weight`` gets no gradient.
     """
     a = (x if x_drop is None else x_drop) @ lora_a.t()
-    if LORA_FORM == "inplace":
-        return (x @ weight.t()).addmm_(a, lora_b.t(), alpha=scale), a
     return (a @ (lora_b * scale).t()).addmm_(x, weight.t()), a
 
 
@@ -392,16 +394,15 @@ def lora_linear_bwd(grad_y: torch.Tensor, x_in: torch.Tensor, weight: torch.Tens
     """Gradients of :func:`lora_linear`: ``(x, x_drop, A, B)``; ``x`` and ``x_drop`` are empty where not needed.
 
     An op of its own for the same reason as the forward: traced, ``addmm_`` would become a copy and
-    an ``addmm``. Without dropout both paths' input gradients go into one buffer.
+    an ``addmm``. Without dropout both paths' input gradients go into one buffer, the rank-r term
+    first and the base GEMM accumulating onto it.
     """
     grad_a = grad_y @ (lora_b * scale)
     grad_lora_a, grad_lora_b = grad_a.t() @ x_in, (grad_y.t() @ a).mul_(scale)
     grad_x, grad_drop = grad_y.new_empty(0), grad_y.new_empty(0)  # distinct: outputs may not alias
     if need_x and dropped:
         grad_x, grad_drop = grad_y @ weight, grad_a @ lora_a
-    elif need_x and LORA_FORM == "inplace":
-        grad_x = (grad_y @ weight).addmm_(grad_a, lora_a)
-    elif need_x:  # as in the forward: the rank-r term first, the base GEMM accumulates onto it
+    elif need_x:
         grad_x = (grad_a @ lora_a).addmm_(grad_y, weight)
     return grad_x, grad_drop, grad_lora_a, grad_lora_b
 
@@ -431,29 +432,143 @@ def _lora_linear_backward(ctx, grad_y, _grad_a):
 lora_linear.register_autograd(_lora_linear_backward, setup_context=_lora_linear_setup)
 
 
+def _splits(lora_bs) -> list[tuple[int, int]]:
+    """Column ranges of each adapter's rank in the stacked ``a``."""
+    out, start = [], 0
+    for b in lora_bs:
+        out.append((start, start + b.shape[1]))
+        start += b.shape[1]
+    return out
+
+
+@torch.library.custom_op("reasonflow::lora_linear_group", mutates_args=())
+def lora_linear_group(x: torch.Tensor, weights: list[torch.Tensor], lora_a: torch.Tensor,
+                      lora_bs: list[torch.Tensor], scales: list[float]) -> list[torch.Tensor]:
+    """``[y_1, …, y_n, a]`` for n LoRA layers that read the same 2-D ``x`` (q/k/v, gate/up): ``lora_a`` is
+    their A matrices stacked (``[Σr, in]``), ``a = x·lora_aᵀ`` is one GEMM that reads ``x`` once, and
+    ``y_i = x·W_iᵀ + scale_i·a_i·B_iᵀ`` as in :func:`lora_linear`."""
+    a = x @ lora_a.t()
+    return [(a[:, s:e] @ (b * scale).t()).addmm_(x, w.t())
+            for w, b, scale, (s, e) in zip(weights, lora_bs, scales, _splits(lora_bs))] + [a]
+
+
+@lora_linear_group.register_fake
+def _(x, weights, lora_a, lora_bs, scales):
+    return [x.new_empty(x.shape[0], w.shape[0]) for w in weights] + [x.new_empty(x.shape[0], lora_a.shape[0])]
+
+
+@torch.library.custom_op("reasonflow::lora_linear_group_bwd", mutates_args=())
+def lora_linear_group_bwd(grad_ys: list[torch.Tensor], x: torch.Tensor, weights: list[torch.Tensor],
+                          lora_a: torch.Tensor, lora_bs: list[torch.Tensor], a: torch.Tensor, scales: list[float],
+                          need_x: bool) -> list[torch.Tensor]:
+    """Gradients of :func:`lora_linear_group`: ``[x, A (stacked), B_1, …, B_n]`` (``x`` empty where not
+    needed). The stacked A's gradient is one GEMM over ``x``; the input gradient is one rank-Σr GEMM
+    that every base GEMM then accumulates onto, so no sum of n full-size gradients is formed."""
+    cols = _splits(lora_bs)
+    grad_a = torch.cat([g @ (b * scale) for g, b, scale in zip(grad_ys, lora_bs, scales)], dim=1)
+    grad_bs = [(g.t() @ a[:, s:e]).mul_(scale) for g, scale, (s, e) in zip(grad_ys, scales, cols)]
+    grad_x = x.new_empty(0)
+    if need_x:
+        grad_x = grad_a @ lora_a
+        for g, w in zip(grad_ys, weights):
+            grad_x.addmm_(g, w)
+    return [grad_x, grad_a.t() @ x] + grad_bs
+
+
+@lora_linear_group_bwd.register_fake
+def _(grad_ys, x, weights, lora_a, lora_bs, a, scales, need_x):
+    grad_x = x.new_empty(x.shape) if need_x else x.new_empty(0)
+    return [grad_x, lora_a.new_empty(lora_a.shape)] + [b.new_empty(b.shape) for b in lora_bs]
+
+
+def _lora_linear_group_setup(ctx, inputs, output):
+    x, weights, lora_a, lora_bs, scales = inputs
+    ctx.save_for_backward(x, lora_a, output[-1], *weights, *lora_bs)
+    ctx.n, ctx.scales = len(weights), scales
+    ctx.mark_non_differentiable(output[-1])
+
+
+def _lora_linear_group_backward(ctx, grads):
+    x, lora_a, a, *rest = ctx.saved_tensors
+    weights, lora_bs = rest[:ctx.n], rest[ctx.n:]
+    grad_ys = [torch.zeros(x.shape[0], w.shape[0], dtype=x.dtype, device=x.device) if g is None else g
+               for g, w in zip(grads[:ctx.n], weights)]
+    grad_x, grad_lora_a, *grad_bs = lora_linear_group_bwd(grad_ys, x, weights, lora_a, lora_bs, a, ctx.scales,
+                                                          ctx.needs_input_grad[0])
+    return (grad_x if ctx.needs_input_grad[0] else None), [None] * ctx.n, grad_lora_a, grad_bs, None
+
+
+lora_linear_group.register_autograd(_lora_linear_group_backward, setup_context=_lora_linear_group_setup)
+
+
+def _adapter(layer, x):
+    """``(name, dropout)`` of the one active adapter of a PEFT LoRA layer this module can run, else None
+    (disabled or merged adapters, several active, DoRA-like variants: PEFT's own forward)."""
+    if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1 \
+            or layer.active_adapters[0] in getattr(layer, "lora_variant", {}):
+        return None
+    name = layer.active_adapters[0]
+    return (name, layer.lora_dropout[name]) if name in layer.lora_A else None
+
+
+def _in_op(layer, x) -> bool:
+    """The base layer is one the LoRA ops take: a frozen bias-free ``nn.Linear`` in ``x``'s dtype."""
+    base = layer.base_layer
+    return LORA_FORM != "addmm" and type(base) is torch.nn.Linear and base.bias is None \
+        and base.weight.dtype == x.dtype and not base.weight.requires_grad
+
+
 def _lora_forward(self, x, *args, **kwargs):
-    """y = W x + s · B (A x), adapter in the activations' dtype, added into the base output in place."""
-    if self.disable_adapters or self.merged or args or kwargs or len(self.active_adapters) != 1 \
-            or self.active_adapters[0] in getattr(self, "lora_variant", {}):
+    """y = W x + s · B (A x), adapter in the activations' dtype, in one op with the base GEMM."""
+    found = None if args or kwargs else _adapter(self, x)
+    if found is None:
         return type(self).forward(self, x, *args, **kwargs)
-    name = self.active_adapters[0]
-    if name not in self.lora_A:
-        return self.base_layer(x)
-    dropout = self.lora_dropout[name]
+    name, dropout = found
     x_drop = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
     lora_a, lora_b = self.lora_A[name].weight.to(x.dtype), self.lora_B[name].weight.to(x.dtype)
-    base = self.base_layer
-    if LORA_FORM != "addmm" and type(base) is torch.nn.Linear and base.bias is None and base.weight.dtype == x.dtype \
-            and not base.weight.requires_grad:
+    if _in_op(self, x):
         flat = x.reshape(-1, x.shape[-1])
-        y, _ = lora_linear(flat, base.weight, lora_a, lora_b, float(self.scaling[name]),
+        y, _ = lora_linear(flat, self.base_layer.weight, lora_a, lora_b, float(self.scaling[name]),
                            None if x_drop is None else x_drop.reshape(flat.shape))
         return y.view(*x.shape[:-1], y.shape[-1])
     a = F.linear(x if x_drop is None else x_drop, lora_a)  # other base layers: one addmm after the base
-    y = base(x)
+    y = self.base_layer(x)
     shape = y.shape
     y = torch.addmm(y.reshape(-1, shape[-1]), a.reshape(-1, a.shape[-1]), lora_b.t(), alpha=self.scaling[name])
     return y.view(shape)
+
+
+def _project(owner, x, names: tuple[str, ...]) -> list:
+    """``[owner.<name>(x) for name in names]``, through one :func:`lora_linear_group` where every layer is a
+    patched LoRA layer the op takes, without dropout (``LORA_FORM == "grouped"``)."""
+    layers = [getattr(owner, n) for n in names]
+    found = [_adapter(m, x) if "forward" in m.__dict__ and hasattr(m, "lora_A") else None for m in layers]
+    if LORA_FORM != "grouped" or any(f is None or not isinstance(f[1], torch.nn.Identity) or not _in_op(m, x)
+                                     for f, m in zip(found, layers)):
+        return [m(x) for m in layers]
+    flat = x.reshape(-1, x.shape[-1])
+    outs = lora_linear_group(flat, [m.base_layer.weight for m in layers],
+                             torch.cat([m.lora_A[f[0]].weight.to(x.dtype) for f, m in zip(found, layers)]),
+                             [m.lora_B[f[0]].weight.to(x.dtype) for f, m in zip(found, layers)],
+                             [float(m.scaling[f[0]]) for f, m in zip(found, layers)])
+    return [y.view(*x.shape[:-1], y.shape[-1]) for y in outs[:-1]]
+
+
+def _attention_forward(self, hidden_states, position_embeddings=None, attention_mask=None, *args, **kwargs):
+    """Llama-style attention for training on the ``rf_varlen`` path, q/k/v through :func:`_project`.
+
+    The same steps as transformers' Llama attention (projections, RoPE, attention, output projection);
+    anything else (a KV cache, another attention implementation) runs the model's own forward."""
+    if args or kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None \
+            or position_embeddings is None or self.config._attn_implementation != ATTENTION_NAME:
+        return type(self).forward(self, hidden_states, position_embeddings, attention_mask, *args, **kwargs)
+    input_shape = hidden_states.shape[:-1]
+    q, k, v = (t.view(*input_shape, -1, self.head_dim).transpose(1, 2)
+               for t in _project(self, hidden_states, ("q_proj", "k_proj", "v_proj")))
+    q, k = self._rf_rotary(q, k, *position_embeddings)
+    out, weights = varlen_attention(self, q, k, v, attention_mask, scaling=self.scaling,
+                                    dropout=self.attention_dropout if self.training else 0.0, **kwargs)
+    return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
 
 
 # -- applying and removing the levers ---------------------------------------------------------------
@@ -467,25 +582,45 @@ def _is_swiglu_mlp(mod) -> bool:
     return all(hasattr(mod, n) for n in ("gate_proj", "up_proj", "down_proj")) and act == "silu"
 
 
+def _rotary_of(mod):
+    """``apply_rotary_pos_emb`` of a Llama-style attention module's modeling file, or None when the module
+    is not one :func:`_attention_forward` reproduces (exactly q/k/v/o projections, no q/k norms)."""
+    import sys
+
+    names = {n for n, _ in mod.named_children()}
+    if names != {"q_proj", "k_proj", "v_proj", "o_proj"} or not all(
+            hasattr(mod, a) for a in ("config", "head_dim", "scaling", "attention_dropout")):
+        return None
+    return getattr(sys.modules.get(type(mod).__module__), "apply_rotary_pos_emb", None)
+
+
 def apply_fused_modules(model, fused_lora: bool, fused_norm_mlp: bool) -> dict:
-    """Patch module instances in place (idempotent; ``False`` restores the originals)."""
+    """Patch module instances in place (idempotent; ``False`` restores the originals). With ``fused_lora``
+    the MLPs and Llama-style attention modules are patched too, so that projections reading one input
+    run as one op (:func:`_project`)."""
     from peft.tuners.lora import Linear as LoraLinear
 
-    counts = {"lora": 0, "rmsnorm": 0, "mlp": 0}
+    counts = {"lora": 0, "rmsnorm": 0, "mlp": 0, "attention": 0}
     for mod in model.modules():
+        extra = {}
         if isinstance(mod, LoraLinear):
             kind, on, fwd = "lora", fused_lora, _lora_forward
         elif _is_rmsnorm(mod):
             kind, on, fwd = "rmsnorm", fused_norm_mlp, _rmsnorm_forward
         elif _is_swiglu_mlp(mod):
-            kind, on, fwd = "mlp", fused_norm_mlp, _mlp_forward
+            kind, on, fwd = "mlp", fused_norm_mlp or fused_lora, _mlp_forward
+            extra = {"_rf_swiglu": fused_norm_mlp}
+        elif (rotary := _rotary_of(mod)) is not None:
+            kind, on, fwd = "attention", fused_lora, _attention_forward
+            extra = {"_rf_rotary": rotary}
         else:
             continue
+        for name in ("forward", "_rf_swiglu", "_rf_rotary"):
+            mod.__dict__.pop(name, None)
         if on:
             mod.forward = types.MethodType(fwd, mod)
+            mod.__dict__.update(extra)
             counts[kind] += 1
-        elif "forward" in mod.__dict__:
-            del mod.forward
     return counts
 
 
