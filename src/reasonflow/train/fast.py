@@ -501,7 +501,7 @@ def _lora_linear_group_backward(ctx, grads):
 lora_linear_group.register_autograd(_lora_linear_group_backward, setup_context=_lora_linear_group_setup)
 
 
-def _adapter(layer, x):
+def _adapter(layer):
     """``(name, dropout)`` of the one active adapter of a PEFT LoRA layer this module can run, else None
     (disabled or merged adapters, several active, DoRA-like variants: PEFT's own forward)."""
     if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1 \
@@ -520,7 +520,7 @@ def _in_op(layer, x) -> bool:
 
 def _lora_forward(self, x, *args, **kwargs):
     """y = W x + s · B (A x), adapter in the activations' dtype, in one op with the base GEMM."""
-    found = None if args or kwargs else _adapter(self, x)
+    found = None if args or kwargs else _adapter(self)
     if found is None:
         return type(self).forward(self, x, *args, **kwargs)
     name, dropout = found
@@ -542,7 +542,7 @@ def _project(owner, x, names: tuple[str, ...]) -> list:
     """``[owner.<name>(x) for name in names]``, through one :func:`lora_linear_group` where every layer is a
     patched LoRA layer the op takes, without dropout (``LORA_FORM == "grouped"``)."""
     layers = [getattr(owner, n) for n in names]
-    found = [_adapter(m, x) if "forward" in m.__dict__ and hasattr(m, "lora_A") else None for m in layers]
+    found = [_adapter(m) if "forward" in m.__dict__ and hasattr(m, "lora_A") else None for m in layers]
     if LORA_FORM != "grouped" or any(f is None or not isinstance(f[1], torch.nn.Identity) or not _in_op(m, x)
                                      for f, m in zip(found, layers)):
         return [m(x) for m in layers]
