@@ -17,9 +17,11 @@ measured one by one by ``bench/train_throughput.py`` (notes in ``bench/TRAINING_
   only, in chunks, and the gradient with respect to the hidden states is formed
   in the forward pass, so fp32 logits of the whole row never exist.
 - ``fused_lora``: the adapter runs in the activations' dtype (bf16 on GPU) with
-  fp32 master weights, and ``B·A·x`` is added into the base GEMM's output in place,
-  as are the two input gradients in the backward (custom ops :func:`lora_linear` and
-  :func:`lora_linear_bwd`), instead of PEFT's fp32 matmuls, scale and add.
+  fp32 master weights, in one custom op with the base GEMM (:func:`lora_linear`,
+  backward :func:`lora_linear_bwd`): ``s·B·A·x`` is written first and the base GEMM
+  adds onto it, as do the input gradients in the backward, instead of PEFT's fp32
+  matmuls, scale and add. Projections that read one input (q/k/v, gate/up) run as
+  one op (:func:`lora_linear_group`): one A-GEMM over the input, one input gradient.
 - ``fused_norm_mlp``: RMSNorm and SwiGLU as autograd functions that save only
   their inputs (bf16) instead of fp32 copies and intermediates; with
   ``compile_kernels`` their forward and backward bodies are compiled by
