@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+from reasonflow.train import fast  # noqa: E402
 from reasonflow.train.data import IGNORE, Example  # noqa: E402
 from reasonflow.train.trainer import (  # noqa: E402
     PLAIN, TrainSettings, configure, lr_lambda, make_optimizer, prepare_model, train_step,
@@ -105,6 +106,10 @@ def main() -> None:
     ap.add_argument("--kernels", default="", help="comma-separated varlen kernels (fa2, fa4): measure only the "
                                                   "optimized path, once per kernel, in this order")
     args = ap.parse_args()
+    modes = args.lora.split(",") if args.lora else [""]
+    if any(m and m not in fast.LORA_FORMS for m in modes):  # before the model is built
+        ap.error(f"--lora: unknown form(s) {[m for m in modes if m and m not in fast.LORA_FORMS]}; "
+                 f"known: {', '.join(fast.LORA_FORMS)}")
     start = time.time()
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -230,16 +235,11 @@ def main() -> None:
         return r
 
     if args.kernels:  # only `optimized`, once per varlen kernel, each after its own numerical check
-        from reasonflow.train import fast
-
         opt_settings = dataclasses.replace(base, checkpoint_layers=int(args.checkpoint_layers.split(",")[0]),
                                            compile_layers=dev.type == "cuda")
-        modes = args.lora.split(",") if args.lora else [""]
         for name in args.kernels.split(","):
             os.environ[fast.KERNELS_ENV] = name
             for mode in modes:
-                if mode and mode not in fast.LORA_FORMS:
-                    raise SystemExit(f"--lora: unknown form {mode!r}; known: {', '.join(fast.LORA_FORMS)}")
                 fast.LORA_FORM = mode or fast.LORA_FORMS[0]
                 label = f"{name}/{mode}" if mode else name
                 check(model, f"{'tiny' if args.tiny else 'llama-3.1-8b'}/{label}")

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import types
 
 import torch
@@ -587,8 +588,6 @@ def _is_swiglu_mlp(mod) -> bool:
 def _rotary_of(mod):
     """``apply_rotary_pos_emb`` of a Llama-style attention module's modeling file, or None when the module
     is not one :func:`_attention_forward` reproduces (exactly q/k/v/o projections, no q/k norms)."""
-    import sys
-
     names = {n for n, _ in mod.named_children()}
     if names != {"q_proj", "k_proj", "v_proj", "o_proj"} or not all(
             hasattr(mod, a) for a in ("config", "head_dim", "scaling", "attention_dropout")):
